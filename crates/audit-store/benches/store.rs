@@ -1,0 +1,603 @@
+//! Audit store benchmarks (plain binary: each figure is a ratio against a baseline
+//! measured in the same run, because these machines are noisy).
+//!
+//! ```text
+//! cargo bench -p audit-store --bench store -- insert   # writer vs raw batched INSERT
+//! cargo bench -p audit-store --bench store -- export   # 1M rows to CSV, peak RSS
+//! cargo bench -p audit-store --bench store -- query    # latencies at 10M events
+//! ```
+//! The 10M-event database is generated once under `$AUDIT_BENCH_DIR` (default
+//! `/tmp/tokenwatch-audit-bench-10m`) and reused by later runs.
+
+use std::collections::VecDeque;
+use std::io::Write;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use audit_store::*;
+use rusqlite::{params, Connection};
+
+fn main() {
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    let want = |s: &str| args.is_empty() || args.iter().any(|a| a == s || a == "all");
+    if want("insert") {
+        insert();
+    }
+    if want("export") {
+        export();
+    }
+    if want("query") {
+        query();
+    }
+}
+
+const T0: i64 = 1_700_006_400_000_000; // 2023-11-15T00:00:00Z
+
+fn event(i: i64) -> NewEvent {
+    let fail = i % 5 == 0;
+    let kinds = [
+        kinds::TOKEN_VERIFIED,
+        kinds::ACCESS_GRANTED,
+        kinds::TOKEN_ISSUED,
+        kinds::AUTH_LOGIN_SUCCESS,
+    ];
+    let mut e = NewEvent::new(
+        if fail {
+            kinds::AUTH_LOGIN_FAILURE
+        } else {
+            kinds[(i % 4) as usize]
+        },
+        if fail {
+            Outcome::Failure
+        } else {
+            Outcome::Success
+        },
+    )
+    .with_client_ip(ip(i))
+    .with_username(user(i))
+    .with_subject(format!("sub-{}", (i * 7919) % 20_000))
+    .with_user_agent("Mozilla/5.0 (X11; Linux x86_64) python-requests/2.31")
+    .with_method("POST")
+    .with_path("/oauth/token")
+    .with_jti(format!(
+        "{:016x}",
+        (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+    ))
+    .with_kid("k-2024-01")
+    .with_alg("ES256")
+    .with_token_fp(format!(
+        "{:012x}",
+        (i as u64).wrapping_mul(0xC2B2_AE3D_27D4_EB4F) >> 16
+    ));
+    if fail {
+        e = e.with_reason(REASONS[(i / 5 % REASONS.len() as i64) as usize]);
+    }
+    e
+}
+
+const REASONS: &[&str] = &[
+    "bad_password",
+    "expired",
+    "bad_signature",
+    "unknown_kid",
+    "alg_not_allowed",
+    "revoked",
+    "malformed",
+    "audience_mismatch",
+];
+
+/// Half of the traffic from 500 hot IPs, the rest spread over 50 000.
+fn ip(i: i64) -> String {
+    let h = (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 20;
+    let n = if h.is_multiple_of(2) {
+        h % 500
+    } else {
+        h % 50_000
+    };
+    format!("10.{}.{}.{}", n >> 16 & 255, n >> 8 & 255, n & 255)
+}
+
+fn user(i: i64) -> String {
+    let h = (i as u64).wrapping_mul(0xC2B2_AE3D_27D4_EB4F) >> 24;
+    format!(
+        "user{}",
+        if h.is_multiple_of(3) {
+            h % 200
+        } else {
+            h % 20_000
+        }
+    )
+}
+
+fn cfg(dir: &Path) -> StoreConfig {
+    let mut c = StoreConfig::in_data_dir(dir);
+    c.checkpoint_interval = Duration::from_secs(3600);
+    c
+}
+
+// ---------------------------------------------------------------- insert
+
+const RAW_INSERT: &str =
+    "INSERT INTO events (id, time_us, kind, outcome, reason, subject, username, client_ip,
+    user_agent, method, path, jti, kid, alg, token_fp, source, detail, content_mac, hash)
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)";
+
+fn raw_insert(conn: &mut Connection, evs: &[NewEvent], first_id: i64, batch: usize) {
+    let zero = [0u8; 32];
+    for (c, chunk) in evs.chunks(batch).enumerate() {
+        let tx = conn.transaction().unwrap();
+        {
+            let mut st = tx.prepare_cached(RAW_INSERT).unwrap();
+            for (k, e) in chunk.iter().enumerate() {
+                let id = first_id + (c * batch + k) as i64;
+                st.execute(params![
+                    id,
+                    if e.time_us == 0 {
+                        T0 + id * 1000
+                    } else {
+                        e.time_us
+                    },
+                    e.kind,
+                    e.outcome.as_str(),
+                    e.reason,
+                    e.subject,
+                    e.username,
+                    e.client_ip,
+                    e.user_agent,
+                    e.method,
+                    e.path,
+                    e.jti,
+                    e.kid,
+                    e.alg,
+                    e.token_fp,
+                    e.source,
+                    "null",
+                    &zero[..],
+                    &zero[..]
+                ])
+                .unwrap();
+            }
+        }
+        tx.commit().unwrap();
+    }
+}
+
+fn insert() {
+    const N: i64 = 200_000;
+    const PRODUCERS: i64 = 4;
+    println!("== insert: {N} events, synchronous=FULL, same schema and indexes ==");
+    let evs: Vec<NewEvent> = (0..N).map(event).collect();
+
+    // Baseline: one connection, batched INSERTs of 1000, no hashing, no queue.
+    let dir = tempfile::tempdir_in("/tmp").unwrap();
+    let c = cfg(dir.path());
+    AuditStore::open(c.clone()).unwrap().shutdown().unwrap();
+    let mut conn = Connection::open(&c.db_path).unwrap();
+    conn.pragma_update(None, "synchronous", "FULL").unwrap();
+    conn.pragma_update(None, "cache_size", -65_536).unwrap();
+    let t = Instant::now();
+    raw_insert(&mut conn, &evs, 1, 1000);
+    let raw = N as f64 / t.elapsed().as_secs_f64();
+    drop(conn);
+    println!("raw batched INSERT (1000/tx):        {raw:>10.0} events/s");
+
+    // Where the time goes: the same loop without the four random-key indexes
+    // (jti, subject, username, client_ip), each insert into which dirties a random page.
+    let dir2 = tempfile::tempdir_in("/tmp").unwrap();
+    let c2 = cfg(dir2.path());
+    AuditStore::open(c2.clone()).unwrap().shutdown().unwrap();
+    let mut conn = Connection::open(&c2.db_path).unwrap();
+    conn.execute_batch("DROP INDEX events_jti; DROP INDEX events_subject_time; DROP INDEX events_username_time; DROP INDEX events_ip_time;").unwrap();
+    conn.pragma_update(None, "synchronous", "FULL").unwrap();
+    conn.pragma_update(None, "cache_size", -65_536).unwrap();
+    let t = Instant::now();
+    raw_insert(&mut conn, &evs, 1, 1000);
+    let no_rand = N as f64 / t.elapsed().as_secs_f64();
+    drop(conn);
+    println!(
+        "  (same, without the 4 random-key indexes: {no_rand:.0} events/s = {:.1}x)",
+        no_rand / raw
+    );
+
+    // The writer: 4 producer threads, each keeping up to 1024 acks in flight (like 4096
+    // concurrent requests each waiting for its commit).
+    let dir = tempfile::tempdir_in("/tmp").unwrap();
+    let store = AuditStore::open(cfg(dir.path())).unwrap();
+    let t = Instant::now();
+    let hs: Vec<_> = (0..PRODUCERS)
+        .map(|p| {
+            let w = store.writer();
+            let mine: Vec<NewEvent> = evs
+                .iter()
+                .skip(p as usize)
+                .step_by(PRODUCERS as usize)
+                .cloned()
+                .collect();
+            std::thread::spawn(move || {
+                let mut inflight = VecDeque::new();
+                for e in mine {
+                    if inflight.len() >= 1024 {
+                        let a: Ack<i64> = inflight.pop_front().unwrap();
+                        a.wait().unwrap();
+                    }
+                    inflight.push_back(w.submit(e).unwrap());
+                }
+                for a in inflight {
+                    a.wait().unwrap();
+                }
+            })
+        })
+        .collect();
+    for h in hs {
+        h.join().unwrap();
+    }
+    let writer = N as f64 / t.elapsed().as_secs_f64();
+    store.shutdown().unwrap();
+    println!(
+        "writer, {PRODUCERS} producers x 1024 in flight:  {writer:>10.0} events/s  = {:.2} of raw",
+        writer / raw
+    );
+
+    // Many callers, one event each, each blocking for its own commit (the server shape).
+    let dir = tempfile::tempdir_in("/tmp").unwrap();
+    let store = AuditStore::open(cfg(dir.path())).unwrap();
+    let per = 200;
+    let threads = 256;
+    let t = Instant::now();
+    let hs: Vec<_> = (0..threads)
+        .map(|p| {
+            let w = store.writer();
+            std::thread::spawn(move || {
+                for i in 0..per {
+                    w.record_blocking(event(p * per + i)).unwrap();
+                }
+            })
+        })
+        .collect();
+    for h in hs {
+        h.join().unwrap();
+    }
+    let blocking = (threads * per) as f64 / t.elapsed().as_secs_f64();
+    store.shutdown().unwrap();
+    println!(
+        "writer, {threads} threads record_blocking:   {blocking:>10.0} events/s  = {:.2} of raw",
+        blocking / raw
+    );
+}
+
+// ---------------------------------------------------------------- export
+
+fn rss_kb(field: &str) -> u64 {
+    let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    s.lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+fn export() {
+    const N: i64 = 1_000_000;
+    println!("== export: {N} rows to CSV ==");
+    let dir = tempfile::tempdir_in("/tmp").unwrap();
+    let c = cfg(dir.path());
+    AuditStore::open(c.clone()).unwrap().shutdown().unwrap();
+    {
+        let mut conn = Connection::open(&c.db_path).unwrap();
+        conn.pragma_update(None, "synchronous", "OFF").unwrap();
+        for chunk in 0..N / 100_000 {
+            let evs: Vec<NewEvent> = (chunk * 100_000..(chunk + 1) * 100_000)
+                .map(|i| event(i).with_time_us(T0 + i * 1000))
+                .collect();
+            raw_insert(&mut conn, &evs, chunk * 100_000 + 1, 10_000);
+        }
+    }
+    let r = AuditReader::open(&c.db_path).unwrap();
+    // Baseline: just stepping through the same rows (no CSV, no formatting).
+    let t = Instant::now();
+    let conn = Connection::open(&c.db_path).unwrap();
+    let mut n = 0u64;
+    let mut st = conn.prepare("SELECT id, time_us, kind, outcome, reason, subject, username, client_ip, user_agent, method, path, jti, kid, alg, token_fp, source, detail, hash FROM events ORDER BY id").unwrap();
+    let mut rows = st.query([]).unwrap();
+    while let Some(row) = rows.next().unwrap() {
+        n += row.get_ref(0).unwrap().as_i64().unwrap() as u64 & 1;
+    }
+    let scan = t.elapsed();
+    drop(rows);
+    drop(st);
+    // Reset the peak-RSS mark so it measures the export alone.
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+    let before = (rss_kb("VmRSS:"), rss_kb("VmHWM:"));
+    let path = dir.path().join("export.csv");
+    let out = std::io::BufWriter::new(std::fs::File::create(&path).unwrap());
+    let t = Instant::now();
+    let rows = r.export_events_csv(&EventFilter::default(), out).unwrap();
+    let took = t.elapsed();
+    let after = (rss_kb("VmRSS:"), rss_kb("VmHWM:"));
+    let size = std::fs::metadata(&path).unwrap().len();
+    assert_eq!(rows, N as u64);
+    println!(
+        "raw row scan (no CSV):  {:>7.2} s   export_events_csv: {:>5.2} s ({:.0} rows/s, {:.0} MB) = {:.2}x the scan  [{n}]",
+        scan.as_secs_f64(),
+        took.as_secs_f64(),
+        rows as f64 / took.as_secs_f64(),
+        size as f64 / 1e6,
+        took.as_secs_f64() / scan.as_secs_f64()
+    );
+    println!(
+        "RSS before export {} KB, after {} KB; peak during export {} KB (peak before {} KB)",
+        before.0, after.0, after.1, before.1
+    );
+    let mut out = Vec::new();
+    r.export_events_csv(
+        &EventFilter {
+            to_us: Some(T0 + 10_000 * 1000),
+            ..Default::default()
+        },
+        &mut out,
+    )
+    .unwrap();
+    let _ = std::io::sink().write_all(&out);
+}
+
+// ---------------------------------------------------------------- query
+
+const BIG: i64 = 10_000_000;
+const SPAN: i64 = 30 * 86_400_000_000;
+
+fn big_time(i: i64) -> i64 {
+    T0 + i * (SPAN / BIG)
+}
+
+fn big_db() -> StoreConfig {
+    let dir = std::env::var("AUDIT_BENCH_DIR")
+        .unwrap_or_else(|_| "/tmp/tokenwatch-audit-bench-10m".into());
+    let c = cfg(Path::new(&dir));
+    if c.db_path.exists() {
+        let n: i64 = Connection::open(&c.db_path)
+            .unwrap()
+            .query_row("SELECT count(*) FROM events", [], |r| r.get(0))
+            .unwrap_or(0);
+        if n == BIG {
+            return c;
+        }
+        panic!(
+            "{} exists but has {n} events; remove {dir} to regenerate",
+            c.db_path.display()
+        );
+    }
+    println!("generating {BIG} events into {dir} (once; reused by later runs)...");
+    let t = Instant::now();
+    AuditStore::open(c.clone()).unwrap().shutdown().unwrap();
+    {
+        let mut conn = Connection::open(&c.db_path).unwrap();
+        conn.pragma_update(None, "synchronous", "OFF").unwrap();
+        conn.pragma_update(None, "cache_size", -1_000_000).unwrap();
+        // Load without indexes, then build them once: much faster than maintaining them.
+        let idx: Vec<(String, String)> = {
+            let mut st = conn.prepare("SELECT name, sql FROM sqlite_master WHERE type = 'index' AND tbl_name = 'events' AND sql IS NOT NULL").unwrap();
+            st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+                .unwrap()
+                .map(Result::unwrap)
+                .collect()
+        };
+        for (name, _) in &idx {
+            conn.execute_batch(&format!("DROP INDEX {name}")).unwrap();
+        }
+        for chunk in 0..BIG / 200_000 {
+            let evs: Vec<NewEvent> = (chunk * 200_000..(chunk + 1) * 200_000)
+                .map(|i| event(i).with_time_us(big_time(i)))
+                .collect();
+            raw_insert(&mut conn, &evs, chunk * 200_000 + 1, 50_000);
+        }
+        println!("  rows loaded in {:.0} s", t.elapsed().as_secs_f64());
+        for (_, sql) in &idx {
+            conn.execute_batch(sql).unwrap();
+        }
+        println!("  indexes built at {:.0} s", t.elapsed().as_secs_f64());
+    }
+    // Opening the store builds the rollup from the rows (the same catch-up as after a crash).
+    AuditStore::open(c.clone()).unwrap().shutdown().unwrap();
+    println!("  rollup built at {:.0} s", t.elapsed().as_secs_f64());
+    c
+}
+
+fn time_it<T>(f: impl Fn() -> T) -> (Duration, T) {
+    let mut best = Duration::MAX;
+    let mut out = None;
+    for _ in 0..5 {
+        let t = Instant::now();
+        let v = f();
+        best = best.min(t.elapsed());
+        out = Some(v);
+    }
+    (best, out.unwrap())
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn query() {
+    let c = big_db();
+    println!("== query latencies at {BIG} events over 30 days (best of 5) ==");
+    let r = AuditReader::open(&c.db_path).unwrap();
+    let raw = Connection::open(&c.db_path).unwrap();
+    let end = big_time(BIG);
+    let cases: Vec<(&str, EventFilter, &str)> = vec![
+        ("no filter", EventFilter::default(), "1"),
+        (
+            "kind",
+            EventFilter {
+                kind: Some("token.issued".into()),
+                ..Default::default()
+            },
+            "kind = 'token.issued'",
+        ),
+        (
+            "outcome",
+            EventFilter {
+                outcome: Some(Outcome::Failure),
+                ..Default::default()
+            },
+            "outcome = 'failure'",
+        ),
+        (
+            "reason",
+            EventFilter {
+                reason: Some("expired".into()),
+                ..Default::default()
+            },
+            "reason = 'expired'",
+        ),
+        (
+            "subject_or_username",
+            EventFilter {
+                subject_or_username: Some("user7".into()),
+                ..Default::default()
+            },
+            "(subject = 'user7' OR username = 'user7')",
+        ),
+        (
+            "client_ip",
+            EventFilter {
+                client_ip: Some(ip(2)),
+                ..Default::default()
+            },
+            "",
+        ),
+        (
+            "jti",
+            EventFilter {
+                jti: event(123_456).jti,
+                ..Default::default()
+            },
+            "",
+        ),
+        (
+            "time range (1 day, 10 days ago)",
+            EventFilter {
+                from_us: Some(end - 11 * 86_400_000_000),
+                to_us: Some(end - 10 * 86_400_000_000),
+                ..Default::default()
+            },
+            "",
+        ),
+        (
+            "kind + time range",
+            EventFilter {
+                kind: Some("auth.login.failure".into()),
+                from_us: Some(end - 11 * 86_400_000_000),
+                to_us: Some(end - 10 * 86_400_000_000),
+                ..Default::default()
+            },
+            "",
+        ),
+        (
+            "source (unindexed)",
+            EventFilter {
+                source: Some("tokenwatch".into()),
+                ..Default::default()
+            },
+            "1",
+        ),
+    ];
+    println!(
+        "{:<34} {:>10} {:>14} {:>16}",
+        "filter (50 per page)", "page 1 ms", "page 10000 ms", "OFFSET p10000 ms"
+    );
+    for (name, f, where_sql) in &cases {
+        let (p1, page) = time_it(|| r.query_events(f, None, 50).unwrap());
+        assert!(!page.items.is_empty(), "{name}: no rows");
+        // Page 10 000 = rows 499 950.. : find its cursor once (untimed), then time keyset vs OFFSET.
+        let deep = if where_sql.is_empty() {
+            None
+        } else {
+            let sql = format!("SELECT time_us, id FROM events WHERE {where_sql} ORDER BY time_us DESC, id DESC LIMIT 1 OFFSET 499949");
+            raw.query_row(&sql, [], |x| Ok(Cursor { time_us: x.get(0)?, id: x.get(1)? })).ok().map(|cur| {
+                let (keyset, pg) = time_it(|| r.query_events(f, Some(cur), 50).unwrap());
+                assert_eq!(pg.items.len(), 50);
+                let off_sql = format!(
+                    "SELECT id FROM events WHERE {where_sql} ORDER BY time_us DESC, id DESC LIMIT 50 OFFSET 499950"
+                );
+                let t = Instant::now();
+                let _: Vec<i64> =
+                    raw.prepare(&off_sql).unwrap().query_map([], |x| x.get(0)).unwrap().map(Result::unwrap).collect();
+                (keyset, t.elapsed())
+            })
+        };
+        match deep {
+            Some((k, o)) => println!(
+                "{name:<34} {:>10.2} {:>14.2} {:>16.1}",
+                ms(p1),
+                ms(k),
+                ms(o)
+            ),
+            None => println!("{name:<34} {:>10.2} {:>14} {:>16}", ms(p1), "-", "-"),
+        }
+    }
+    // Unaligned ranges, so every level of the rollup and the raw edges take part.
+    let month = TimeRange::new(T0 + 17 * 60_000_000 + 3, end - 3 * 60_000_000);
+    let week = TimeRange::new(end - 7 * 86_400_000_000 + 3_600_000_123, end);
+    let day = TimeRange::new(end - 86_400_000_000 - 1_234_567, end);
+    println!("{:<48} {:>10}", "aggregate", "ms");
+    let show = |name: &str, d: Duration| println!("{name:<48} {:>10.2}", ms(d));
+    show(
+        "counts_over_time 24h by minute",
+        time_it(|| r.counts_over_time(day, Bucket::Minute).unwrap()).0,
+    );
+    show(
+        "counts_over_time 30d by hour",
+        time_it(|| r.counts_over_time(month, Bucket::Hour).unwrap()).0,
+    );
+    show(
+        "counts_over_time 30d by day",
+        time_it(|| r.counts_over_time(month, Bucket::Day).unwrap()).0,
+    );
+    let (d, top) = time_it(|| r.top_client_ips(month, None, 10).unwrap());
+    show("top_client_ips 30d top 10", d);
+    show(
+        "top_client_ips 30d failures top 10",
+        time_it(|| r.top_client_ips(month, Some(Outcome::Failure), 10).unwrap()).0,
+    );
+    show(
+        "top_client_ips 24h top 10",
+        time_it(|| r.top_client_ips(day, None, 10).unwrap()).0,
+    );
+    show(
+        "top_users 7d top 10",
+        time_it(|| r.top_users(week, None, 10).unwrap()).0,
+    );
+    show(
+        "top_users 30d top 10",
+        time_it(|| r.top_users(month, None, 10).unwrap()).0,
+    );
+    let (d, reasons) = time_it(|| r.failure_reasons(month, 10).unwrap());
+    show("failure_reasons 30d", d);
+    // Baseline: the same top-IP answer by GROUP BY over the events table.
+    let t = Instant::now();
+    let base: Vec<(String, i64)> = raw
+        .prepare("SELECT client_ip, count(*) c FROM events WHERE time_us >= ?1 AND time_us < ?2 GROUP BY client_ip ORDER BY c DESC, client_ip LIMIT 10")
+        .unwrap()
+        .query_map([month.from_us, month.to_us], |x| Ok((x.get(0)?, x.get(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let base_t = t.elapsed();
+    assert_eq!(
+        top.iter()
+            .map(|(k, v)| (k.clone(), *v as i64))
+            .collect::<Vec<_>>(),
+        base,
+        "rollup answer must equal the raw count"
+    );
+    println!(
+        "baseline: top_client_ips 30d by GROUP BY over events: {:.0} ms  (rollup answer is {:.0}x faster, identical)",
+        ms(base_t),
+        ms(base_t) / ms(time_it(|| r.top_client_ips(month, None, 10).unwrap()).0)
+    );
+    println!("failure reasons: {reasons:?}");
+}

@@ -1,0 +1,114 @@
+//! CSV export helpers: stable columns, RFC 3339 times, formula-injection defence.
+//!
+//! # Formula injection
+//! Spreadsheets execute a cell that starts with `=`, `+`, `-`, `@`, tab or CR. Every
+//! cell whose content can come from outside tokenwatch (usernames, user agents, paths,
+//! reasons, detail JSON, alert summaries...) and starts with one of those characters is
+//! prefixed with a single quote `'` (OWASP guidance), which spreadsheets show as text.
+//! The original value is always available through the API and the database. Cells
+//! tokenwatch itself produces (id, time, kind, outcome, hash) are written unchanged.
+
+use crate::Outcome;
+
+/// Event CSV columns, in order. Stable: new columns are only ever appended.
+pub const CSV_EVENT_COLUMNS: &[&str] = &[
+    "id",
+    "time",
+    "kind",
+    "outcome",
+    "reason",
+    "subject",
+    "username",
+    "client_ip",
+    "user_agent",
+    "method",
+    "path",
+    "jti",
+    "kid",
+    "alg",
+    "token_fp",
+    "source",
+    "detail",
+    "hash",
+];
+
+/// Alert CSV columns, in order. Stable: new columns are only ever appended.
+/// `evidence` is the supporting event ids separated by spaces.
+pub const CSV_ALERT_COLUMNS: &[&str] = &[
+    "id",
+    "time",
+    "updated_at",
+    "detector",
+    "rule",
+    "severity",
+    "status",
+    "subject",
+    "client_ip",
+    "summary",
+    "group_key",
+    "count",
+    "evidence",
+    "status_by",
+    "status_at",
+    "status_note",
+];
+
+/// UTC RFC 3339 with microseconds, e.g. `2024-05-01T12:00:00.000123Z`.
+pub(crate) fn rfc3339_us(t: i64) -> String {
+    match time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(t) * 1000) {
+        Ok(d) => format!(
+            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}Z",
+            d.year(),
+            u8::from(d.month()),
+            d.day(),
+            d.hour(),
+            d.minute(),
+            d.second(),
+            d.microsecond()
+        ),
+        // Out of the representable range: only a tampered row could hold this.
+        Err(_) => format!("invalid-time:{t}"),
+    }
+}
+
+/// Neutralises a cell from outside so no spreadsheet evaluates it.
+pub(crate) fn neutralize(s: &str) -> std::borrow::Cow<'_, str> {
+    match s.as_bytes().first() {
+        Some(b'=' | b'+' | b'-' | b'@' | b'\t' | b'\r') => format!("'{s}").into(),
+        _ => s.into(),
+    }
+}
+
+pub(crate) fn outcome_str(o: Outcome) -> &'static str {
+    o.as_str()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_are_rfc3339_utc_with_micros() {
+        assert_eq!(rfc3339_us(0), "1970-01-01T00:00:00.000000Z");
+        assert_eq!(
+            rfc3339_us(1_714_564_800_000_123),
+            "2024-05-01T12:00:00.000123Z"
+        );
+    }
+
+    #[test]
+    fn formula_prefixes_are_quoted() {
+        for (i, o) in [
+            ("=1+1", "'=1+1"),
+            ("+x", "'+x"),
+            ("-2", "'-2"),
+            ("@SUM", "'@SUM"),
+            ("\tx", "'\tx"),
+            ("\rx", "'\rx"),
+            ("a=b", "a=b"),
+            ("", ""),
+        ] {
+            assert_eq!(neutralize(i), o);
+        }
+    }
+}

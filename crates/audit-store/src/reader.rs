@@ -1,0 +1,638 @@
+//! Read-only queries, aggregates and CSV export.
+
+use std::io::Write;
+use std::ops::Deref;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rusqlite::types::Value;
+use rusqlite::{params_from_iter, Connection, OpenFlags, OptionalExtension, Row};
+
+use crate::export::{neutralize, outcome_str, rfc3339_us};
+use crate::rollup::{self, Dim};
+use crate::{
+    Alert, AlertFilter, AlertStatus, Bucket, Cursor, EventFilter, Outcome, Page, Severity,
+    StoreError, StoredEvent, TimeRange,
+};
+
+/// Largest page a query returns.
+pub const MAX_PAGE: usize = 10_000;
+const POOL_IDLE: usize = 8;
+
+/// Blocking, read-only access. Clone + Send + Sync: clones share a small pool of
+/// read-only connections, which WAL lets run beside the writer.
+#[derive(Clone)]
+pub struct AuditReader {
+    pool: Arc<Pool>,
+}
+
+struct Pool {
+    path: PathBuf,
+    idle: Mutex<Vec<Connection>>,
+}
+
+struct Lease<'a> {
+    pool: &'a Pool,
+    conn: Option<Connection>,
+}
+
+impl Deref for Lease<'_> {
+    type Target = Connection;
+    fn deref(&self) -> &Connection {
+        // Only None after drop has taken it.
+        self.conn
+            .as_ref()
+            .unwrap_or_else(|| unreachable!("lease used after release"))
+    }
+}
+
+impl Drop for Lease<'_> {
+    fn drop(&mut self) {
+        if let Some(c) = self.conn.take() {
+            let mut idle = self.pool.idle.lock().unwrap_or_else(|p| p.into_inner());
+            if idle.len() < POOL_IDLE {
+                idle.push(c);
+            }
+        }
+    }
+}
+
+const EVENT_COLS: &str = "id, time_us, kind, outcome, reason, subject, username, client_ip, user_agent, method, path, jti, kid, alg, token_fp, source, detail, hash";
+const ALERT_COLS: &str = "id, time_us, updated_at_us, detector, rule, severity, subject, client_ip, summary, group_key, evidence, count, status, status_by, status_at_us, status_note";
+
+fn event_row(r: &Row<'_>) -> rusqlite::Result<StoredEvent> {
+    let outcome: String = r.get(3)?;
+    let detail: String = r.get(16)?;
+    let hash: Vec<u8> = r.get(17)?;
+    Ok(StoredEvent {
+        id: r.get(0)?,
+        time_us: r.get(1)?,
+        kind: r.get(2)?,
+        outcome: Outcome::from_db(&outcome),
+        reason: r.get(4)?,
+        subject: r.get(5)?,
+        username: r.get(6)?,
+        client_ip: r.get(7)?,
+        user_agent: r.get(8)?,
+        method: r.get(9)?,
+        path: r.get(10)?,
+        jti: r.get(11)?,
+        kid: r.get(12)?,
+        alg: r.get(13)?,
+        token_fp: r.get(14)?,
+        source: r.get(15)?,
+        // Stored detail is always JSON we wrote; if someone edited it into something else,
+        // show the raw text rather than failing the whole page.
+        detail: serde_json::from_str(&detail).unwrap_or(serde_json::Value::String(detail)),
+        hash: hex::encode(hash),
+    })
+}
+
+fn alert_row(r: &Row<'_>) -> rusqlite::Result<Alert> {
+    let sev: String = r.get(5)?;
+    let evidence: String = r.get(10)?;
+    let status: String = r.get(12)?;
+    let count: i64 = r.get(11)?;
+    Ok(Alert {
+        id: r.get(0)?,
+        time_us: r.get(1)?,
+        updated_at_us: r.get(2)?,
+        detector: r.get(3)?,
+        rule: r.get(4)?,
+        severity: sev.parse().unwrap_or(Severity::Critical),
+        subject: r.get(6)?,
+        client_ip: r.get(7)?,
+        summary: r.get(8)?,
+        group_key: r.get(9)?,
+        evidence: serde_json::from_str(&evidence).unwrap_or_default(),
+        count: u64::try_from(count).unwrap_or(0),
+        status: status.parse().unwrap_or(AlertStatus::Open),
+        status_by: r.get(13)?,
+        status_at_us: r.get(14)?,
+        status_note: r.get(15)?,
+    })
+}
+
+/// Which column(s) `subject_or_username` is matched against in one SQL statement.
+#[derive(Clone, Copy)]
+enum Who {
+    Subject,
+    Username,
+    Either,
+}
+
+fn event_where(f: &EventFilter, who: Who) -> (String, Vec<Value>) {
+    let mut c: Vec<String> = Vec::new();
+    let mut p: Vec<Value> = Vec::new();
+    let eq = |col: &str, v: &Option<String>, c: &mut Vec<String>, p: &mut Vec<Value>| {
+        if let Some(v) = v {
+            p.push(Value::Text(v.clone()));
+            c.push(format!("{col} = ?{}", p.len()));
+        }
+    };
+    if let Some(t) = f.from_us {
+        p.push(Value::Integer(t));
+        c.push(format!("time_us >= ?{}", p.len()));
+    }
+    if let Some(t) = f.to_us {
+        p.push(Value::Integer(t));
+        c.push(format!("time_us < ?{}", p.len()));
+    }
+    eq("kind", &f.kind, &mut c, &mut p);
+    if let Some(o) = f.outcome {
+        p.push(Value::Text(o.as_str().into()));
+        c.push(format!("outcome = ?{}", p.len()));
+    }
+    eq("reason", &f.reason, &mut c, &mut p);
+    eq("client_ip", &f.client_ip, &mut c, &mut p);
+    eq("jti", &f.jti, &mut c, &mut p);
+    eq("source", &f.source, &mut c, &mut p);
+    if let Some(u) = &f.subject_or_username {
+        p.push(Value::Text(u.clone()));
+        let n = p.len();
+        c.push(match who {
+            Who::Subject => format!("subject = ?{n}"),
+            Who::Username => format!("username = ?{n}"),
+            Who::Either => format!("(subject = ?{n} OR username = ?{n})"),
+        });
+    }
+    let w = if c.is_empty() {
+        "1".to_owned()
+    } else {
+        c.join(" AND ")
+    };
+    (w, p)
+}
+
+impl AuditReader {
+    /// Opens a reader on an existing, migrated audit database without starting a writer
+    /// (for `tokenwatch export` while the server may be running).
+    pub fn open(db_path: &Path) -> Result<AuditReader, StoreError> {
+        let pool = Arc::new(Pool {
+            path: db_path.to_owned(),
+            idle: Mutex::new(Vec::new()),
+        });
+        let r = AuditReader { pool };
+        // Fail now, with a clear message, rather than at the first query.
+        drop(r.conn()?);
+        Ok(r)
+    }
+
+    fn conn(&self) -> Result<Lease<'_>, StoreError> {
+        let idle = self
+            .pool
+            .idle
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pop();
+        let conn = match idle {
+            Some(c) => c,
+            None => {
+                let c = Connection::open_with_flags(
+                    &self.pool.path,
+                    OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+                )?;
+                c.busy_timeout(Duration::from_secs(5))?;
+                let v = crate::schema::check_not_newer(&c)?;
+                if v < crate::SCHEMA_VERSION {
+                    return Err(StoreError::InvalidArgument(format!(
+                        "{}: audit schema version {v} is older than {}; start tokenwatch once to migrate it",
+                        self.pool.path.display(),
+                        crate::SCHEMA_VERSION
+                    )));
+                }
+                c
+            }
+        };
+        Ok(Lease {
+            pool: &self.pool,
+            conn: Some(conn),
+        })
+    }
+
+    /// Events matching `f`, newest first (by time, then id), `limit` per page (at most
+    /// [`MAX_PAGE`]). Keyset pagination: pass the previous page's `next` as `after`;
+    /// page 10 000 costs what page 1 costs.
+    pub fn query_events(
+        &self,
+        f: &EventFilter,
+        after: Option<Cursor>,
+        limit: usize,
+    ) -> Result<Page<StoredEvent>, StoreError> {
+        let limit = limit.clamp(1, MAX_PAGE);
+        let conn = self.conn()?;
+        let mut items = if f.subject_or_username.is_some() {
+            // Two index-friendly queries merged here beat one OR that SQLite would
+            // answer by collecting and sorting every match.
+            let tx = conn.unchecked_transaction()?;
+            let mut a = page_query(&tx, f, Who::Subject, after, limit + 1)?;
+            let b = page_query(&tx, f, Who::Username, after, limit + 1)?;
+            a.extend(b);
+            a.sort_by_key(|e| std::cmp::Reverse((e.time_us, e.id)));
+            a.dedup_by_key(|e| e.id);
+            a.truncate(limit + 1);
+            a
+        } else {
+            page_query(&conn, f, Who::Either, after, limit + 1)?
+        };
+        let next = if items.len() > limit {
+            items.truncate(limit);
+            items.last().map(|e| Cursor {
+                time_us: e.time_us,
+                id: e.id,
+            })
+        } else {
+            None
+        };
+        Ok(Page { items, next })
+    }
+
+    pub fn get_event(&self, id: i64) -> Result<Option<StoredEvent>, StoreError> {
+        let conn = self.conn()?;
+        let mut st =
+            conn.prepare_cached(&format!("SELECT {EVENT_COLS} FROM events WHERE id = ?1"))?;
+        Ok(st.query_row([id], event_row).optional()?)
+    }
+
+    /// Events with id > `id`, ascending, at most `limit` (for detectors and backtests).
+    pub fn events_after(&self, id: i64, limit: usize) -> Result<Vec<StoredEvent>, StoreError> {
+        let conn = self.conn()?;
+        let mut st = conn.prepare_cached(&format!(
+            "SELECT {EVENT_COLS} FROM events WHERE id > ?1 ORDER BY id LIMIT ?2"
+        ))?;
+        let rows = st.query_map(rusqlite::params![id, limit.min(MAX_PAGE) as i64], event_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// The newest committed event id (0 if none).
+    pub fn max_event_id(&self) -> Result<i64, StoreError> {
+        let conn = self.conn()?;
+        Ok(conn.query_row("SELECT coalesce(max(id), 0) FROM events", [], |r| r.get(0))?)
+    }
+
+    /// `(bucket start, successes, failures)` for every bucket in `range` that has events,
+    /// ascending. Buckets are UTC-aligned; the first and last may be partial.
+    pub fn counts_over_time(
+        &self,
+        range: TimeRange,
+        bucket: Bucket,
+    ) -> Result<Vec<(i64, u64, u64)>, StoreError> {
+        let b = bucket.micros();
+        let levels: Vec<i64> = Dim::All
+            .levels()
+            .iter()
+            .copied()
+            .filter(|l| *l <= b)
+            .collect();
+        let conn = self.conn()?;
+        let tx = conn.unchecked_transaction()?;
+        let (inner, params) = union_sql(
+            &tx,
+            Dim::All,
+            range,
+            &levels,
+            None,
+            &format!("bucket_us - ((bucket_us % {b}) + {b}) % {b}"),
+            &rollup::floor_sql(b),
+        )?;
+        let sql = format!(
+            "SELECT v, sum(CASE WHEN o = 0 THEN c ELSE 0 END), sum(CASE WHEN o = 1 THEN c ELSE 0 END)
+             FROM ({inner}) GROUP BY v ORDER BY v"
+        );
+        let mut st = tx.prepare(&sql)?;
+        let rows = st.query_map(params_from_iter(params), |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, i64>(1)? as u64,
+                r.get::<_, i64>(2)? as u64,
+            ))
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// The `n` client IPs with the most events in `range` (optionally of one outcome).
+    pub fn top_client_ips(
+        &self,
+        range: TimeRange,
+        outcome: Option<Outcome>,
+        n: usize,
+    ) -> Result<Vec<(String, u64)>, StoreError> {
+        self.top(Dim::Ip, range, outcome, n)
+    }
+
+    /// The `n` users with the most events; a user is the username, or the token subject
+    /// when the event has no username.
+    pub fn top_users(
+        &self,
+        range: TimeRange,
+        outcome: Option<Outcome>,
+        n: usize,
+    ) -> Result<Vec<(String, u64)>, StoreError> {
+        self.top(Dim::User, range, outcome, n)
+    }
+
+    /// The `n` most frequent reasons among failures in `range`.
+    pub fn failure_reasons(
+        &self,
+        range: TimeRange,
+        n: usize,
+    ) -> Result<Vec<(String, u64)>, StoreError> {
+        self.top(Dim::Reason, range, Some(Outcome::Failure), n)
+    }
+
+    fn top(
+        &self,
+        dim: Dim,
+        range: TimeRange,
+        outcome: Option<Outcome>,
+        n: usize,
+    ) -> Result<Vec<(String, u64)>, StoreError> {
+        let conn = self.conn()?;
+        let tx = conn.unchecked_transaction()?;
+        let (inner, mut params) = union_sql(
+            &tx,
+            dim,
+            range,
+            dim.levels(),
+            outcome,
+            "value",
+            dim.value_sql(),
+        )?;
+        params.push(Value::Integer(n.min(MAX_PAGE) as i64));
+        let sql = format!(
+            "SELECT v, sum(c) AS total FROM ({inner}) GROUP BY v ORDER BY total DESC, v LIMIT ?{}",
+            params.len()
+        );
+        let mut st = tx.prepare(&sql)?;
+        let rows = st.query_map(params_from_iter(params), |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Alerts matching `f`, newest first; `after` is the previous page's `next` (an alert id).
+    pub fn list_alerts(
+        &self,
+        f: &AlertFilter,
+        after: Option<i64>,
+        limit: usize,
+    ) -> Result<Page<Alert, i64>, StoreError> {
+        let limit = limit.clamp(1, MAX_PAGE);
+        let (w, mut p) = alert_where(f);
+        let mut sql = format!("SELECT {ALERT_COLS} FROM alerts WHERE {w}");
+        if let Some(a) = after {
+            p.push(Value::Integer(a));
+            sql.push_str(&format!(" AND id < ?{}", p.len()));
+        }
+        p.push(Value::Integer(limit as i64 + 1));
+        sql.push_str(&format!(" ORDER BY id DESC LIMIT ?{}", p.len()));
+        let conn = self.conn()?;
+        let mut st = conn.prepare_cached(&sql)?;
+        let mut items: Vec<Alert> = st
+            .query_map(params_from_iter(p), alert_row)?
+            .collect::<Result<_, _>>()?;
+        let next = if items.len() > limit {
+            items.truncate(limit);
+            items.last().map(|a| a.id)
+        } else {
+            None
+        };
+        Ok(Page { items, next })
+    }
+
+    pub fn get_alert(&self, id: i64) -> Result<Option<Alert>, StoreError> {
+        let conn = self.conn()?;
+        let mut st =
+            conn.prepare_cached(&format!("SELECT {ALERT_COLS} FROM alerts WHERE id = ?1"))?;
+        Ok(st.query_row([id], alert_row).optional()?)
+    }
+
+    /// Streams every event matching `f` as CSV ([`crate::CSV_EVENT_COLUMNS`]), oldest
+    /// first, in constant memory. Returns the number of data rows. Cells from outside
+    /// are neutralised against formula injection (see the `export` module docs).
+    pub fn export_events_csv<W: Write>(&self, f: &EventFilter, out: W) -> Result<u64, StoreError> {
+        let conn = self.conn()?;
+        let (w, p) = event_where(f, Who::Either);
+        let mut st = conn.prepare(&format!(
+            "SELECT {EVENT_COLS} FROM events WHERE {w} ORDER BY id"
+        ))?;
+        let mut rows = st.query(params_from_iter(p))?;
+        let mut csv = csv::WriterBuilder::new()
+            .buffer_capacity(256 * 1024)
+            .from_writer(out);
+        csv.write_record(crate::CSV_EVENT_COLUMNS)?;
+        let mut n = 0u64;
+        let mut idbuf = itoa_buf();
+        while let Some(r) = rows.next()? {
+            let id: i64 = r.get(0)?;
+            let t: i64 = r.get(1)?;
+            let outcome: String = r
+                .get_ref(3)?
+                .as_str()
+                .map(str::to_owned)
+                .unwrap_or_default();
+            let hash: Vec<u8> = r.get(17)?;
+            csv.write_field(fmt_int(&mut idbuf, id))?;
+            csv.write_field(rfc3339_us(t))?;
+            csv.write_field(r.get_ref(2)?.as_str().unwrap_or(""))?;
+            csv.write_field(outcome_str(Outcome::from_db(&outcome)))?;
+            for i in 4..=16 {
+                let v = r.get_ref(i)?;
+                csv.write_field(neutralize(v.as_str().unwrap_or("")).as_bytes())?;
+            }
+            csv.write_field(hex::encode(hash))?;
+            csv.write_record(None::<&[u8]>)?;
+            n += 1;
+        }
+        csv.flush().map_err(|e| StoreError::Csv(e.into()))?;
+        Ok(n)
+    }
+
+    /// Streams alerts matching `f` as CSV ([`crate::CSV_ALERT_COLUMNS`]), oldest first.
+    pub fn export_alerts_csv<W: Write>(&self, f: &AlertFilter, out: W) -> Result<u64, StoreError> {
+        let conn = self.conn()?;
+        let (w, p) = alert_where(f);
+        let mut st = conn.prepare(&format!(
+            "SELECT {ALERT_COLS} FROM alerts WHERE {w} ORDER BY id"
+        ))?;
+        let mut rows = st.query(params_from_iter(p))?;
+        let mut csv = csv::Writer::from_writer(out);
+        csv.write_record(crate::CSV_ALERT_COLUMNS)?;
+        let mut n = 0u64;
+        let opt = |s: &Option<String>| neutralize(s.as_deref().unwrap_or("")).into_owned();
+        while let Some(r) = rows.next()? {
+            let a = alert_row(r)?;
+            let evidence: Vec<String> = a.evidence.iter().map(i64::to_string).collect();
+            csv.write_record([
+                a.id.to_string(),
+                rfc3339_us(a.time_us),
+                rfc3339_us(a.updated_at_us),
+                neutralize(&a.detector).into_owned(),
+                neutralize(&a.rule).into_owned(),
+                a.severity.as_str().to_owned(),
+                a.status.as_str().to_owned(),
+                opt(&a.subject),
+                opt(&a.client_ip),
+                neutralize(&a.summary).into_owned(),
+                neutralize(&a.group_key).into_owned(),
+                a.count.to_string(),
+                evidence.join(" "),
+                opt(&a.status_by),
+                a.status_at_us.map(rfc3339_us).unwrap_or_default(),
+                opt(&a.status_note),
+            ])?;
+            n += 1;
+        }
+        csv.flush().map_err(|e| StoreError::Csv(e.into()))?;
+        Ok(n)
+    }
+}
+
+fn itoa_buf() -> String {
+    String::with_capacity(20)
+}
+
+fn fmt_int(buf: &mut String, v: i64) -> &str {
+    use std::fmt::Write as _;
+    buf.clear();
+    let _ = write!(buf, "{v}");
+    buf
+}
+
+fn page_query(
+    conn: &Connection,
+    f: &EventFilter,
+    who: Who,
+    after: Option<Cursor>,
+    limit: usize,
+) -> Result<Vec<StoredEvent>, StoreError> {
+    let (mut w, mut p) = event_where(f, who);
+    if let Some(c) = after {
+        p.push(Value::Integer(c.time_us));
+        let t = p.len();
+        p.push(Value::Integer(c.id));
+        let i = p.len();
+        // `time_us <= t` bounds the index range; the OR only trims rows sharing time t.
+        w.push_str(&format!(
+            " AND time_us <= ?{t} AND (time_us < ?{t} OR id < ?{i})"
+        ));
+    }
+    p.push(Value::Integer(limit as i64));
+    let sql = format!(
+        "SELECT {EVENT_COLS} FROM events WHERE {w} ORDER BY time_us DESC, id DESC LIMIT ?{}",
+        p.len()
+    );
+    let mut st = conn.prepare_cached(&sql)?;
+    let rows = st.query_map(params_from_iter(p), event_row)?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+fn alert_where(f: &AlertFilter) -> (String, Vec<Value>) {
+    let mut c: Vec<String> = Vec::new();
+    let mut p: Vec<Value> = Vec::new();
+    let push = |sql: &str, v: Value, c: &mut Vec<String>, p: &mut Vec<Value>| {
+        p.push(v);
+        c.push(sql.replace('#', &format!("?{}", p.len())));
+    };
+    if let Some(t) = f.from_us {
+        push("time_us >= #", Value::Integer(t), &mut c, &mut p);
+    }
+    if let Some(t) = f.to_us {
+        push("time_us < #", Value::Integer(t), &mut c, &mut p);
+    }
+    if let Some(v) = &f.detector {
+        push("detector = #", Value::Text(v.clone()), &mut c, &mut p);
+    }
+    if let Some(v) = f.status {
+        push("status = #", Value::Text(v.as_str().into()), &mut c, &mut p);
+    }
+    if let Some(v) = &f.subject {
+        push("subject = #", Value::Text(v.clone()), &mut c, &mut p);
+    }
+    if let Some(v) = &f.client_ip {
+        push("client_ip = #", Value::Text(v.clone()), &mut c, &mut p);
+    }
+    if let Some(min) = f.min_severity {
+        let allowed: Vec<String> = [
+            Severity::Low,
+            Severity::Medium,
+            Severity::High,
+            Severity::Critical,
+        ]
+        .into_iter()
+        .filter(|s| *s >= min)
+        .map(|s| format!("'{}'", s.as_str()))
+        .collect();
+        c.push(format!("severity IN ({})", allowed.join(", ")));
+    }
+    let w = if c.is_empty() {
+        "1".to_owned()
+    } else {
+        c.join(" AND ")
+    };
+    (w, p)
+}
+
+/// Builds `SELECT v, o, c` rows covering `range` exactly: whole buckets from the rollup
+/// (rows up to the watermark), raw edge ranges from `events`, and rows above the
+/// watermark inside the rollup-covered ranges from `events`. `v` is `rollup_v` over
+/// the rollup and `raw_v` over `events`.
+fn union_sql(
+    conn: &Connection,
+    dim: Dim,
+    range: TimeRange,
+    levels: &[i64],
+    outcome: Option<Outcome>,
+    rollup_v: &str,
+    raw_v: &str,
+) -> Result<(String, Vec<Value>), StoreError> {
+    let w = rollup::watermark(conn)?;
+    let plan = rollup::plan(range.from_us, range.to_us, levels);
+    let mut parts: Vec<String> = Vec::new();
+    let mut p: Vec<Value> = Vec::new();
+    let arg = |v: i64, p: &mut Vec<Value>| {
+        p.push(Value::Integer(v));
+        format!("?{}", p.len())
+    };
+    let (roll_o, raw_o) = match outcome {
+        Some(o) => (
+            format!(" AND outcome = {}", rollup::outcome_sql_code(o)),
+            format!(" AND outcome = '{}'", o.as_str()),
+        ),
+        None => (String::new(), String::new()),
+    };
+    let not_null = if dim == Dim::All {
+        String::new()
+    } else {
+        format!(" AND {raw_v} IS NOT NULL")
+    };
+    for &(level, a, b) in &plan.pieces {
+        parts.push(format!(
+            "SELECT {rollup_v} AS v, outcome AS o, n AS c FROM rollup WHERE dim = {} AND level = {level}
+             AND bucket_us >= {} AND bucket_us < {}{roll_o}",
+            dim as i64,
+            arg(a, &mut p),
+            arg(b, &mut p)
+        ));
+        // Unary + keeps SQLite on the rowid range (a second of rows), off the time index.
+        parts.push(format!(
+            "SELECT {raw_v} AS v, outcome = 'failure' AS o, 1 AS c FROM events WHERE id > {}
+             AND +time_us >= {} AND +time_us < {}{raw_o}{not_null}",
+            arg(w, &mut p),
+            arg(a, &mut p),
+            arg(b, &mut p)
+        ));
+    }
+    for &(a, b) in &plan.raw {
+        parts.push(format!(
+            "SELECT {raw_v} AS v, outcome = 'failure' AS o, 1 AS c FROM events WHERE time_us >= {} AND time_us < {}{raw_o}{not_null}",
+            arg(a, &mut p),
+            arg(b, &mut p)
+        ));
+    }
+    if parts.is_empty() {
+        parts.push("SELECT NULL AS v, 0 AS o, 0 AS c WHERE 0".into());
+    }
+    Ok((parts.join(" UNION ALL "), p))
+}

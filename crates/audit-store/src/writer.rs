@@ -1,0 +1,1011 @@
+//! The store handle and its single group-commit writer thread.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::task::{Context, Poll, Wake};
+use std::thread::{self, JoinHandle, Thread};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
+use futures_channel::oneshot;
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+
+use crate::chain::{self, Mac, RowFields, GENESIS};
+use crate::checkpoint::{self, Sequence};
+use crate::ecs::SecurityLog;
+use crate::keys::{self, Keys};
+use crate::reader::AuditReader;
+use crate::rollup::{self, Accumulator};
+use crate::{
+    model::now_us, AlertStatus, NewAlert, NewEvent, StoreConfig, StoreError, MAX_EVIDENCE,
+};
+
+/// How often the in-memory rollup counts are flushed (and so how many rows a chart
+/// query may have to count directly).
+const ROLLUP_FLUSH_EVERY: Duration = Duration::from_secs(1);
+const ROLLUP_FLUSH_ROWS: usize = 200_000;
+/// Rows deleted per retention transaction, so the writer never stalls for long.
+const PRUNE_CHUNK: usize = 20_000;
+
+type AckTx<T> = oneshot::Sender<Result<T, StoreError>>;
+
+/// An event after the submitting thread did the expensive, order-independent work.
+pub(crate) struct Prepared {
+    ev: NewEvent,
+    detail: String,
+    content_mac: Mac,
+}
+
+// The big variant is the hot one (a single event); boxing it would cost an allocation
+// per event to shrink the rare control messages.
+#[allow(clippy::large_enum_variant)]
+enum Msg {
+    Event(Prepared, AckTx<i64>),
+    Events(Vec<Prepared>, AckTx<Vec<i64>>),
+    Alert(NewAlert, AckTx<i64>),
+    AlertStatus {
+        id: i64,
+        status: AlertStatus,
+        actor: String,
+        note: Option<String>,
+        ack: AckTx<()>,
+    },
+    Checkpoint(AckTx<i64>),
+    Prune(AckTx<u64>),
+    Shutdown,
+}
+
+/// A pending acknowledgement: resolves once the transaction holding the record has
+/// committed (or failed). Await it from async code, or [`Ack::wait`] from a thread.
+#[must_use = "the record is only known to be durable once the Ack resolves to Ok"]
+pub struct Ack<T>(oneshot::Receiver<Result<T, StoreError>>);
+
+impl<T> Future for Ack<T> {
+    type Output = Result<T, StoreError>;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match Pin::new(&mut self.0).poll(cx) {
+            Poll::Ready(Ok(r)) => Poll::Ready(r),
+            // The writer dropped the sender without answering: it is gone.
+            Poll::Ready(Err(oneshot::Canceled)) => Poll::Ready(Err(StoreError::WriterGone)),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl<T> Ack<T> {
+    /// Blocks the current thread until the commit (or its failure).
+    pub fn wait(self) -> Result<T, StoreError> {
+        block_on(self)
+    }
+}
+
+struct ThreadWaker(Thread);
+impl Wake for ThreadWaker {
+    fn wake(self: Arc<Self>) {
+        self.0.unpark();
+    }
+}
+
+fn block_on<F: Future>(f: F) -> F::Output {
+    let mut f = std::pin::pin!(f);
+    let waker = Arc::new(ThreadWaker(thread::current())).into();
+    let mut cx = Context::from_waker(&waker);
+    loop {
+        match f.as_mut().poll(&mut cx) {
+            Poll::Ready(v) => return v,
+            Poll::Pending => thread::park(),
+        }
+    }
+}
+
+/// What `/healthz` reports about the store.
+#[derive(Clone, Debug, serde::Serialize, PartialEq)]
+pub struct Health {
+    /// False after a failed commit, until a later one succeeds.
+    pub writable: bool,
+    pub last_error: Option<String>,
+    /// Messages waiting in the writer queue.
+    pub queue_depth: usize,
+    pub events_committed: u64,
+    pub last_commit_us: Option<i64>,
+}
+
+#[derive(Default)]
+struct HealthState {
+    writable: bool,
+    last_error: Option<String>,
+    last_commit_us: Option<i64>,
+}
+
+struct WatchInner {
+    latest: Mutex<i64>,
+    cv: Condvar,
+}
+
+/// Wakes subscribers (the plugin host) after each commit.
+#[derive(Clone)]
+pub struct CommitWatch(Arc<WatchInner>);
+
+impl CommitWatch {
+    /// The id of the newest committed event (0 if none).
+    pub fn latest(&self) -> i64 {
+        *self.0.latest.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Waits until an event with id > `id` has committed or `timeout` passes, and
+    /// returns the newest committed id either way.
+    pub fn wait_for_commit_after(&self, id: i64, timeout: Duration) -> i64 {
+        let deadline = Instant::now() + timeout;
+        let mut g = self.0.latest.lock().unwrap_or_else(|p| p.into_inner());
+        while *g <= id {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            g = self
+                .0
+                .cv
+                .wait_timeout(g, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        *g
+    }
+
+    fn publish(&self, id: i64) {
+        let mut g = self.0.latest.lock().unwrap_or_else(|p| p.into_inner());
+        if id > *g {
+            *g = id;
+            self.0.cv.notify_all();
+        }
+    }
+}
+
+struct Shared {
+    keys: Keys,
+    health: Mutex<HealthState>,
+    committed: AtomicU64,
+    watch: CommitWatch,
+}
+
+/// The open audit store: owns the writer thread. Call [`AuditStore::shutdown`] to drain
+/// the queue and write a final checkpoint (dropping it does the same, ignoring errors).
+pub struct AuditStore {
+    cfg: StoreConfig,
+    shared: Arc<Shared>,
+    tx: Sender<Msg>,
+    handle: Option<JoinHandle<Result<(), StoreError>>>,
+    checkpointer: Option<(Sender<()>, JoinHandle<()>)>,
+}
+
+/// Submits records to the writer thread. Cheap to clone; Send + Sync.
+#[derive(Clone)]
+pub struct AuditWriter {
+    shared: Arc<Shared>,
+    tx: Sender<Msg>,
+}
+
+pub(crate) fn open_rw(cfg: &StoreConfig) -> Result<Connection, StoreError> {
+    if let Some(dir) = cfg.db_path.parent() {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| StoreError::io("cannot create database directory", dir, e))?;
+    }
+    let conn = Connection::open(&cfg.db_path)?;
+    conn.busy_timeout(cfg.busy_timeout)?;
+    // Refuse a newer database before changing anything about it.
+    crate::schema::check_not_newer(&conn)?;
+    let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(StoreError::InvalidArgument(format!(
+            "{}: SQLite refused WAL mode (got {mode}); is it on a network file system?",
+            cfg.db_path.display()
+        )));
+    }
+    conn.pragma_update(None, "synchronous", cfg.synchronous.pragma())?;
+    conn.pragma_update(None, "cache_size", -65_536)?;
+    // WAL checkpoints normally run inside the committing thread; the checkpointer thread
+    // does them instead (on the other core). This high limit is only a safety net
+    // should that thread fall behind.
+    conn.pragma_update(None, "wal_autocheckpoint", 65_536)?;
+    Ok(conn)
+}
+
+/// Copies committed WAL pages into the database file in the background, so the
+/// writer thread spends its time committing rather than checkpointing.
+fn spawn_checkpointer(cfg: &StoreConfig) -> Result<(Sender<()>, JoinHandle<()>), StoreError> {
+    let conn = Connection::open(&cfg.db_path)?;
+    conn.busy_timeout(Duration::from_millis(100))?;
+    let (stop, rx) = bounded::<()>(1);
+    let h = thread::Builder::new()
+        .name("audit-wal-checkpoint".into())
+        .spawn(move || {
+            while let Err(RecvTimeoutError::Timeout) = rx.recv_timeout(Duration::from_millis(200)) {
+                // PASSIVE never blocks the writer or readers; a failure is retried next tick.
+                if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+                    tracing::debug!(error = %e, "background WAL checkpoint failed; will retry");
+                }
+            }
+        })
+        .map_err(|e| StoreError::io("cannot start WAL checkpoint thread for", &cfg.db_path, e))?;
+    Ok((stop, h))
+}
+
+impl AuditStore {
+    /// Opens (creating if needed) the database, keys and checkpoint folder, migrates the
+    /// schema, and starts the writer thread.
+    pub fn open(cfg: StoreConfig) -> Result<AuditStore, StoreError> {
+        if cfg.queue_capacity == 0 || cfg.max_batch == 0 {
+            return Err(StoreError::InvalidArgument(
+                "queue_capacity and max_batch must be at least 1".into(),
+            ));
+        }
+        let keys = keys::load_or_create(&cfg.key_dir)?;
+        checkpoint::ensure_dir(&cfg.checkpoint_dir, &keys)?;
+        let mut conn = open_rw(&cfg)?;
+        crate::schema::migrate(&mut conn)?;
+        rollup::catch_up(&conn)?;
+        let (next_id, head) = chain_head(&conn)?;
+        let ckpt = Sequence::open(&cfg.checkpoint_dir)?;
+        let security_log = match &cfg.security_log_dir {
+            Some(d) => Some(SecurityLog::open(d)?),
+            None => None,
+        };
+        let watch = CommitWatch(Arc::new(WatchInner {
+            latest: Mutex::new(next_id - 1),
+            cv: Condvar::new(),
+        }));
+        let shared = Arc::new(Shared {
+            keys,
+            health: Mutex::new(HealthState {
+                writable: true,
+                ..Default::default()
+            }),
+            committed: AtomicU64::new(0),
+            watch,
+        });
+        let (tx, rx) = bounded(cfg.queue_capacity);
+        let now = Instant::now();
+        let mut w = Writer {
+            acc: Accumulator::new(rollup::watermark(&conn)?),
+            conn,
+            cfg: cfg.clone(),
+            shared: shared.clone(),
+            next_id,
+            head,
+            needs_resync: false,
+            ckpt,
+            checkpointed_id: -1,
+            last_flush: now,
+            last_checkpoint: now,
+            next_prune: now,
+            security_log,
+        };
+        let handle = thread::Builder::new()
+            .name("audit-writer".into())
+            .spawn(move || w.run(rx))
+            .map_err(|e| StoreError::io("cannot start audit writer thread for", &cfg.db_path, e))?;
+        let checkpointer = Some(spawn_checkpointer(&cfg)?);
+        Ok(AuditStore {
+            cfg,
+            shared,
+            tx,
+            handle: Some(handle),
+            checkpointer,
+        })
+    }
+
+    pub fn writer(&self) -> AuditWriter {
+        AuditWriter {
+            shared: self.shared.clone(),
+            tx: self.tx.clone(),
+        }
+    }
+
+    /// A reader with its own read-only connection(s).
+    pub fn reader(&self) -> Result<AuditReader, StoreError> {
+        AuditReader::open(&self.cfg.db_path)
+    }
+
+    pub fn health(&self) -> Health {
+        let h = self.shared.health.lock().unwrap_or_else(|p| p.into_inner());
+        Health {
+            writable: h.writable,
+            last_error: h.last_error.clone(),
+            queue_depth: self.tx.len(),
+            events_committed: self.shared.committed.load(Ordering::Relaxed),
+            last_commit_us: h.last_commit_us,
+        }
+    }
+
+    pub fn committed_watch(&self) -> CommitWatch {
+        self.shared.watch.clone()
+    }
+
+    pub fn config(&self) -> &StoreConfig {
+        &self.cfg
+    }
+
+    /// Writes a signed checkpoint of the chain head now; returns its last id.
+    pub fn checkpoint_now(&self) -> Result<i64, StoreError> {
+        let (a, r) = oneshot::channel();
+        self.tx
+            .send(Msg::Checkpoint(a))
+            .map_err(|_| StoreError::WriterGone)?;
+        Ack(r).wait()
+    }
+
+    /// Runs retention now (normally it runs every `retention_interval`); returns rows pruned.
+    pub fn prune_now(&self) -> Result<u64, StoreError> {
+        let (a, r) = oneshot::channel();
+        self.tx
+            .send(Msg::Prune(a))
+            .map_err(|_| StoreError::WriterGone)?;
+        Ack(r).wait()
+    }
+
+    /// Commits everything queued, writes a final checkpoint and stops the writer.
+    pub fn shutdown(mut self) -> Result<(), StoreError> {
+        self.stop()
+    }
+
+    fn stop(&mut self) -> Result<(), StoreError> {
+        if let Some((stop, h)) = self.checkpointer.take() {
+            drop(stop);
+            let _ = h.join();
+        }
+        let Some(h) = self.handle.take() else {
+            return Ok(());
+        };
+        // If the send fails the thread is already gone; join tells us why.
+        let _ = self.tx.send(Msg::Shutdown);
+        match h.join() {
+            Ok(r) => r,
+            Err(_) => Err(StoreError::WriterGone),
+        }
+    }
+}
+
+impl Drop for AuditStore {
+    fn drop(&mut self) {
+        if let Err(e) = self.stop() {
+            tracing::error!(error = %e, "audit store shutdown failed");
+        }
+    }
+}
+
+impl AuditWriter {
+    fn prepare(&self, mut ev: NewEvent) -> Result<Prepared, StoreError> {
+        if ev.time_us == 0 {
+            ev.time_us = now_us();
+        }
+        let detail = serde_json::to_string(&ev.detail)?;
+        let content_mac = RowFields::of(&ev, &detail).content_mac(&self.shared.keys.hmac);
+        Ok(Prepared {
+            ev,
+            detail,
+            content_mac,
+        })
+    }
+
+    fn send(&self, m: Msg) -> Result<(), StoreError> {
+        // Blocks while the queue is full: back-pressure, never a drop.
+        self.tx.send(m).map_err(|_| StoreError::WriterGone)
+    }
+
+    /// Queues one event; the returned [`Ack`] resolves to its id after commit.
+    /// Blocks while the queue is full.
+    pub fn submit(&self, ev: NewEvent) -> Result<Ack<i64>, StoreError> {
+        let p = self.prepare(ev)?;
+        let (a, r) = oneshot::channel();
+        self.send(Msg::Event(p, a))?;
+        Ok(Ack(r))
+    }
+
+    /// Records one event and resolves only after the transaction holding it committed.
+    ///
+    /// Waiting for the commit does not block the executor. Only when the writer queue is
+    /// full does the submission itself block (briefly) the calling thread: that is the
+    /// back-pressure the design wants, since every request is waiting on the same store.
+    pub async fn record(&self, ev: NewEvent) -> Result<i64, StoreError> {
+        self.submit(ev)?.await
+    }
+
+    pub fn record_blocking(&self, ev: NewEvent) -> Result<i64, StoreError> {
+        self.submit(ev)?.wait()
+    }
+
+    /// Records several events in one queue message; they commit together, ids in order.
+    pub fn record_many_blocking(&self, evs: Vec<NewEvent>) -> Result<Vec<i64>, StoreError> {
+        if evs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ps = evs
+            .into_iter()
+            .map(|e| self.prepare(e))
+            .collect::<Result<Vec<_>, _>>()?;
+        let (a, r) = oneshot::channel();
+        self.send(Msg::Events(ps, a))?;
+        Ack(r).wait()
+    }
+
+    /// Inserts an alert, or adds to the open alert with the same `(detector, group_key)`.
+    /// Returns the alert id. Blocking.
+    pub fn insert_alert(&self, a: NewAlert) -> Result<i64, StoreError> {
+        let (t, r) = oneshot::channel();
+        self.send(Msg::Alert(a, t))?;
+        Ack(r).wait()
+    }
+
+    pub fn update_alert_status(
+        &self,
+        id: i64,
+        status: AlertStatus,
+        actor: &str,
+        note: Option<&str>,
+    ) -> Result<(), StoreError> {
+        let (t, r) = oneshot::channel();
+        self.send(Msg::AlertStatus {
+            id,
+            status,
+            actor: actor.to_owned(),
+            note: note.map(str::to_owned),
+            ack: t,
+        })?;
+        Ack(r).wait()
+    }
+}
+
+/// Next id and chain head from the database: the newest row, else the retention
+/// anchor, else the genesis value.
+fn chain_head(conn: &Connection) -> Result<(i64, Mac), StoreError> {
+    let row: Option<(i64, Vec<u8>)> = conn
+        .query_row(
+            "SELECT id, hash FROM events ORDER BY id DESC LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?;
+    let row = match row {
+        Some(r) => Some(r),
+        None => conn
+            .query_row(
+                "SELECT last_pruned_id, last_pruned_hash FROM chain_anchor WHERE singleton = 1",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?,
+    };
+    match row {
+        None => Ok((1, GENESIS)),
+        Some((id, h)) => {
+            // A malformed head hash means tampering; chaining on from zeros keeps writing
+            // (never refuse to record) and verify will name the row.
+            let head = chain::to_array(&h).unwrap_or(GENESIS);
+            Ok((id + 1, head))
+        }
+    }
+}
+
+const INSERT_EVENT: &str =
+    "INSERT INTO events (id, time_us, kind, outcome, reason, subject, username, client_ip,
+    user_agent, method, path, jti, kid, alg, token_fp, source, detail, content_mac, hash)
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)";
+
+enum Done {
+    Id(i64),
+    Ev(i64, Mac),
+    Evs(Vec<(i64, Mac)>),
+    Unit,
+    Refused(StoreError),
+}
+
+struct Writer {
+    conn: Connection,
+    cfg: StoreConfig,
+    shared: Arc<Shared>,
+    next_id: i64,
+    head: Mac,
+    needs_resync: bool,
+    acc: Accumulator,
+    ckpt: Sequence,
+    checkpointed_id: i64,
+    last_flush: Instant,
+    last_checkpoint: Instant,
+    next_prune: Instant,
+    security_log: Option<SecurityLog>,
+}
+
+impl Writer {
+    fn run(&mut self, rx: Receiver<Msg>) -> Result<(), StoreError> {
+        let mut batch: Vec<Msg> = Vec::with_capacity(self.cfg.max_batch);
+        loop {
+            let first = match rx.recv_timeout(self.next_timer()) {
+                Ok(m) => Some(m),
+                Err(RecvTimeoutError::Timeout) => None,
+                // Every AuditWriter and the store are gone: nothing more can arrive.
+                Err(RecvTimeoutError::Disconnected) => break,
+            };
+            let mut shutdown = false;
+            if let Some(m) = first {
+                batch.push(m);
+                while batch.len() < self.cfg.max_batch {
+                    match rx.try_recv() {
+                        Ok(m) => batch.push(m),
+                        Err(_) => break,
+                    }
+                }
+            }
+            let mut control = Vec::new();
+            let mut work = Vec::with_capacity(batch.len());
+            for m in batch.drain(..) {
+                match m {
+                    Msg::Shutdown => shutdown = true,
+                    Msg::Checkpoint(_) | Msg::Prune(_) => control.push(m),
+                    m => work.push(m),
+                }
+            }
+            if !work.is_empty() {
+                self.commit(work);
+            }
+            for m in control {
+                match m {
+                    Msg::Checkpoint(a) => {
+                        let _ = a.send(self.checkpoint().map(|_| self.next_id - 1));
+                    }
+                    Msg::Prune(a) => {
+                        let _ = a.send(self.prune());
+                    }
+                    _ => {}
+                }
+            }
+            if shutdown {
+                // Commit whatever was queued before the shutdown request.
+                loop {
+                    let rest: Vec<Msg> = rx.try_iter().take(self.cfg.max_batch).collect();
+                    if rest.is_empty() {
+                        break;
+                    }
+                    let rest = rest
+                        .into_iter()
+                        .filter(|m| {
+                            matches!(
+                                m,
+                                Msg::Event(..)
+                                    | Msg::Events(..)
+                                    | Msg::Alert(..)
+                                    | Msg::AlertStatus { .. }
+                            )
+                        })
+                        .collect::<Vec<_>>();
+                    self.commit(rest);
+                }
+                break;
+            }
+            self.timers();
+        }
+        self.flush_rollup()?;
+        self.checkpoint()?;
+        Ok(())
+    }
+
+    fn next_timer(&self) -> Duration {
+        let mut due = self.last_checkpoint + self.cfg.checkpoint_interval;
+        if self.acc.pending() > 0 {
+            due = due.min(self.last_flush + ROLLUP_FLUSH_EVERY);
+        }
+        if self.cfg.retention.is_some() {
+            due = due.min(self.next_prune);
+        }
+        due.saturating_duration_since(Instant::now())
+    }
+
+    fn timers(&mut self) {
+        let now = Instant::now();
+        if self.acc.pending() > 0
+            && (now >= self.last_flush + ROLLUP_FLUSH_EVERY
+                || self.acc.pending() >= ROLLUP_FLUSH_ROWS)
+        {
+            if let Err(e) = self.flush_rollup() {
+                tracing::warn!(error = %e, "rollup flush failed; will retry");
+            }
+        }
+        if now >= self.last_checkpoint + self.cfg.checkpoint_interval {
+            if let Err(e) = self.checkpoint() {
+                tracing::error!(error = %e, "writing audit checkpoint failed");
+            }
+        }
+        if self.cfg.retention.is_some() && now >= self.next_prune {
+            match self.prune() {
+                // A full chunk means more is due: continue right after the next batch.
+                Ok(n) if n as usize >= PRUNE_CHUNK => {}
+                Ok(_) => self.next_prune = now + self.cfg.retention_interval,
+                Err(e) => {
+                    tracing::error!(error = %e, "audit retention failed; will retry");
+                    self.next_prune = now + self.cfg.retention_interval;
+                }
+            }
+        }
+    }
+
+    fn set_health(&self, err: Option<String>) {
+        let mut h = self.shared.health.lock().unwrap_or_else(|p| p.into_inner());
+        match err {
+            Some(e) => {
+                h.writable = false;
+                h.last_error = Some(e);
+            }
+            None => {
+                if !h.writable {
+                    tracing::info!("audit store is writable again");
+                }
+                h.writable = true;
+                h.last_commit_us = Some(now_us());
+            }
+        }
+    }
+
+    fn commit(&mut self, work: Vec<Msg>) {
+        if self.needs_resync {
+            match chain_head(&self.conn) {
+                Ok((n, h)) => {
+                    self.next_id = n;
+                    self.head = h;
+                    self.needs_resync = false;
+                }
+                Err(e) => return self.fail(work, &e),
+            }
+        }
+        match self.apply(&work) {
+            Ok((done, next_id, head)) => {
+                self.next_id = next_id;
+                self.head = head;
+                self.set_health(None);
+                self.after_commit(work, done);
+            }
+            Err(e) => {
+                self.needs_resync = true;
+                self.fail(work, &e)
+            }
+        }
+    }
+
+    fn fail(&mut self, work: Vec<Msg>, e: &StoreError) {
+        let msg = e.to_string();
+        tracing::error!(error = %msg, records = work.len(), "audit commit failed; callers get an error and the store is marked unwritable");
+        self.set_health(Some(msg.clone()));
+        for m in work {
+            let err = || StoreError::Unwritable(msg.clone());
+            match m {
+                Msg::Event(_, a) | Msg::Alert(_, a) => drop(a.send(Err(err()))),
+                Msg::Events(_, a) => drop(a.send(Err(err()))),
+                Msg::AlertStatus { ack, .. } => drop(ack.send(Err(err()))),
+                _ => {}
+            }
+        }
+    }
+
+    /// One IMMEDIATE transaction for the whole batch. Returns per-message results and
+    /// the new chain position; nothing in `self` changes until the commit succeeded.
+    fn apply(&mut self, work: &[Msg]) -> Result<(Vec<Done>, i64, Mac), StoreError> {
+        let key = &self.shared.keys.hmac;
+        let mut next = self.next_id;
+        let mut head = self.head;
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut done = Vec::with_capacity(work.len());
+        {
+            let mut ins = tx.prepare_cached(INSERT_EVENT)?;
+            let mut put = |p: &Prepared| -> Result<(i64, Mac), StoreError> {
+                let id = next;
+                let h = chain::link(key, &head, id, &p.content_mac);
+                let e = &p.ev;
+                ins.execute(params![
+                    id,
+                    e.time_us,
+                    e.kind,
+                    e.outcome.as_str(),
+                    e.reason,
+                    e.subject,
+                    e.username,
+                    e.client_ip,
+                    e.user_agent,
+                    e.method,
+                    e.path,
+                    e.jti,
+                    e.kid,
+                    e.alg,
+                    e.token_fp,
+                    e.source,
+                    p.detail,
+                    &p.content_mac[..],
+                    &h[..]
+                ])?;
+                head = h;
+                next += 1;
+                Ok((id, h))
+            };
+            for m in work {
+                done.push(match m {
+                    Msg::Event(p, _) => {
+                        let (id, h) = put(p)?;
+                        Done::Ev(id, h)
+                    }
+                    Msg::Events(ps, _) => {
+                        Done::Evs(ps.iter().map(&mut put).collect::<Result<_, _>>()?)
+                    }
+                    Msg::Alert(a, _) => Done::Id(upsert_alert(&tx, a)?),
+                    Msg::AlertStatus {
+                        id,
+                        status,
+                        actor,
+                        note,
+                        ..
+                    } => match set_alert_status(&tx, *id, *status, actor, note.as_deref())? {
+                        Ok(()) => Done::Unit,
+                        Err(refused) => Done::Refused(refused),
+                    },
+                    _ => Done::Unit,
+                });
+            }
+        }
+        tx.commit()?;
+        Ok((done, next, head))
+    }
+
+    fn after_commit(&mut self, work: Vec<Msg>, done: Vec<Done>) {
+        let mut n_events = 0u64;
+        let mut last = 0;
+        for (m, d) in work.into_iter().zip(done) {
+            match (m, d) {
+                (Msg::Event(p, a), Done::Ev(id, h)) => {
+                    self.note_event(id, &p, &h);
+                    n_events += 1;
+                    last = id;
+                    let _ = a.send(Ok(id));
+                }
+                (Msg::Events(ps, a), Done::Evs(ids)) => {
+                    for (p, (id, h)) in ps.iter().zip(&ids) {
+                        self.note_event(*id, p, h);
+                    }
+                    n_events += ids.len() as u64;
+                    last = ids.last().map_or(last, |x| x.0);
+                    let _ = a.send(Ok(ids.into_iter().map(|x| x.0).collect()));
+                }
+                (Msg::Alert(_, a), Done::Id(id)) => drop(a.send(Ok(id))),
+                (Msg::AlertStatus { ack, .. }, Done::Unit) => drop(ack.send(Ok(()))),
+                (Msg::AlertStatus { ack, .. }, Done::Refused(e)) => drop(ack.send(Err(e))),
+                _ => {}
+            }
+        }
+        if let Some(log) = &mut self.security_log {
+            if let Err(e) = log.flush() {
+                tracing::warn!(error = %e, "writing the ECS security log failed (the audit store itself is fine)");
+            }
+        }
+        if n_events > 0 {
+            self.shared.committed.fetch_add(n_events, Ordering::Relaxed);
+            self.shared.watch.publish(last);
+        }
+    }
+
+    fn note_event(&mut self, id: i64, p: &Prepared, hash: &Mac) {
+        let e = &p.ev;
+        self.acc.add(
+            id,
+            e.time_us,
+            e.outcome,
+            e.client_ip.as_deref(),
+            e.username.as_deref().or(e.subject.as_deref()),
+            e.reason.as_deref(),
+        );
+        if let Some(log) = &mut self.security_log {
+            log.add(id, e, hash);
+        }
+    }
+
+    fn flush_rollup(&mut self) -> Result<(), StoreError> {
+        self.last_flush = Instant::now();
+        if self.acc.pending() == 0 {
+            return Ok(());
+        }
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        self.acc.flush(&tx)?;
+        tx.commit()?;
+        self.acc.clear();
+        Ok(())
+    }
+
+    fn checkpoint(&mut self) -> Result<(), StoreError> {
+        self.last_checkpoint = Instant::now();
+        let last_id = self.next_id - 1;
+        if last_id == self.checkpointed_id || last_id < 1 || self.needs_resync {
+            return Ok(());
+        }
+        let anchor: i64 = self
+            .conn
+            .query_row(
+                "SELECT last_pruned_id FROM chain_anchor WHERE singleton = 1",
+                [],
+                |r| r.get(0),
+            )
+            .optional()?
+            .unwrap_or(0);
+        self.ckpt.write(
+            &self.shared.keys,
+            checkpoint::HEAD,
+            last_id,
+            &self.head,
+            last_id - anchor,
+            now_us(),
+        )?;
+        self.checkpointed_id = last_id;
+        Ok(())
+    }
+
+    /// Deletes up to [`PRUNE_CHUNK`] of the oldest events older than the retention age.
+    /// A signed `prune` checkpoint authorising the deletion is written *before* the
+    /// delete, so a crash in between leaves extra rows, never an unexplained gap.
+    fn prune(&mut self) -> Result<u64, StoreError> {
+        let Some(retention) = self.cfg.retention else {
+            return Ok(0);
+        };
+        let cutoff =
+            now_us().saturating_sub(i64::try_from(retention.as_micros()).unwrap_or(i64::MAX));
+        // The rollup must hold every row we delete, so its counts can be subtracted.
+        self.flush_rollup()?;
+        let (anchor_id, pruned_total): (i64, i64) = self
+            .conn
+            .query_row(
+                "SELECT last_pruned_id, pruned_total FROM chain_anchor WHERE singleton = 1",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?
+            .unwrap_or((0, 0));
+        // Prune a prefix by id: the chain is in id order, and an anchor is one row.
+        let mut upto: Option<(i64, Vec<u8>)> = None;
+        let mut n = 0u64;
+        {
+            let mut st = self.conn.prepare_cached(
+                "SELECT id, time_us, hash FROM events WHERE id > ?1 ORDER BY id LIMIT ?2",
+            )?;
+            let mut rows = st.query(params![anchor_id, PRUNE_CHUNK as i64])?;
+            while let Some(r) = rows.next()? {
+                let t: i64 = r.get(1)?;
+                if t >= cutoff {
+                    break;
+                }
+                upto = Some((r.get(0)?, r.get(2)?));
+                n += 1;
+            }
+        }
+        let Some((x, hash)) = upto else { return Ok(0) };
+        self.ckpt.write(
+            &self.shared.keys,
+            checkpoint::PRUNE,
+            x,
+            &hash,
+            pruned_total + n as i64,
+            now_us(),
+        )?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        rollup::subtract(&tx, anchor_id, x)?;
+        tx.execute(
+            "DELETE FROM events WHERE id > ?1 AND id <= ?2",
+            [anchor_id, x],
+        )?;
+        tx.execute(
+            "INSERT INTO chain_anchor (singleton, last_pruned_id, last_pruned_hash, pruned_total, updated_us)
+             VALUES (1, ?1, ?2, ?3, ?4)
+             ON CONFLICT(singleton) DO UPDATE SET last_pruned_id = excluded.last_pruned_id,
+               last_pruned_hash = excluded.last_pruned_hash, pruned_total = excluded.pruned_total,
+               updated_us = excluded.updated_us",
+            params![x, hash, pruned_total + n as i64, now_us()],
+        )?;
+        tx.commit()?;
+        tracing::info!(rows = n, upto_id = x, "pruned audit events past retention");
+        Ok(n)
+    }
+}
+
+fn upsert_alert(tx: &rusqlite::Transaction<'_>, a: &NewAlert) -> Result<i64, StoreError> {
+    let now = now_us();
+    let t = if a.time_us == 0 { now } else { a.time_us };
+    let open: Option<(i64, String, String)> = tx
+        .prepare_cached("SELECT id, evidence, severity FROM alerts WHERE detector = ?1 AND group_key = ?2 AND status = 'open'")?
+        .query_row(params![a.detector, a.group_key], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .optional()?;
+    match open {
+        Some((id, ev, sev)) => {
+            let mut evidence: Vec<i64> = serde_json::from_str(&ev).unwrap_or_default();
+            for e in &a.evidence {
+                if evidence.len() >= MAX_EVIDENCE {
+                    break;
+                }
+                if !evidence.contains(e) {
+                    evidence.push(*e);
+                }
+            }
+            let sev = sev
+                .parse()
+                .map_or(a.severity, |s: crate::Severity| s.max(a.severity));
+            tx.prepare_cached(
+                "UPDATE alerts SET evidence = ?2, count = count + 1, severity = ?3, summary = ?4,
+                 subject = coalesce(?5, subject), client_ip = coalesce(?6, client_ip), updated_at_us = ?7 WHERE id = ?1",
+            )?
+            .execute(params![
+                id,
+                serde_json::to_string(&evidence)?,
+                sev.as_str(),
+                a.summary,
+                a.subject,
+                a.client_ip,
+                now.max(t)
+            ])?;
+            Ok(id)
+        }
+        None => {
+            let mut evidence = a.evidence.clone();
+            evidence.truncate(MAX_EVIDENCE);
+            tx.prepare_cached(
+                "INSERT INTO alerts (time_us, updated_at_us, detector, rule, severity, subject, client_ip, summary, group_key, evidence)
+                 VALUES (?1, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            )?
+            .execute(params![
+                t,
+                a.detector,
+                a.rule,
+                a.severity.as_str(),
+                a.subject,
+                a.client_ip,
+                a.summary,
+                a.group_key,
+                serde_json::to_string(&evidence)?
+            ])?;
+            Ok(tx.last_insert_rowid())
+        }
+    }
+}
+
+/// Outer error: the transaction failed. Inner error: this one request is refused.
+fn set_alert_status(
+    tx: &rusqlite::Transaction<'_>,
+    id: i64,
+    status: AlertStatus,
+    actor: &str,
+    note: Option<&str>,
+) -> Result<Result<(), StoreError>, StoreError> {
+    let row: Option<(String, String, String)> = tx
+        .prepare_cached("SELECT detector, group_key, status FROM alerts WHERE id = ?1")?
+        .query_row([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .optional()?;
+    let Some((detector, group_key, current)) = row else {
+        return Ok(Err(StoreError::AlertNotFound(id)));
+    };
+    if status == AlertStatus::Open && current != "open" {
+        let other: Option<i64> = tx
+            .prepare_cached(
+                "SELECT id FROM alerts WHERE detector = ?1 AND group_key = ?2 AND status = 'open'",
+            )?
+            .query_row(params![detector, group_key], |r| r.get(0))
+            .optional()?;
+        if let Some(other) = other {
+            return Ok(Err(StoreError::InvalidArgument(format!(
+                "cannot reopen alert {id}: alert {other} is already open for the same incident"
+            ))));
+        }
+    }
+    let now = now_us();
+    tx.prepare_cached(
+        "UPDATE alerts SET status = ?2, status_by = ?3, status_at_us = ?4, status_note = ?5, updated_at_us = ?4 WHERE id = ?1",
+    )?
+    .execute(params![id, status.as_str(), actor, now, note])?;
+    Ok(Ok(()))
+}

@@ -1,0 +1,191 @@
+//! A reusable actix-web middleware that protects routes with bearer tokens
+//! (RFC 6750). Every protected request is a decision and is committed to the
+//! audit store (`access.granted` / `access.denied`) before the handler runs or
+//! the refusal is sent; if the event cannot be committed the request fails closed.
+//!
+//! ```ignore
+//! App::new().service(
+//!     web::scope("/api").wrap(BearerAuth::new(tokens, audit_writer)).route("/me", web::get().to(me)),
+//! )
+//! ```
+//! Handlers read the caller with `web::ReqData<Authenticated>`.
+
+use std::future::{ready, Future, Ready};
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use actix_web::body::{BoxBody, EitherBody};
+use actix_web::dev::{Service, ServiceRequest, ServiceResponse, Transform};
+use actix_web::http::header;
+use actix_web::{HttpMessage, HttpResponse};
+use audit_store::{kinds, AuditWriter, NewEvent, Outcome};
+use serde_json::json;
+use token_core::{Rejection, TokenService, VerifiedToken};
+
+use crate::request_meta::RequestMeta;
+
+/// The verified caller of a protected route.
+#[derive(Clone)]
+pub struct Authenticated(pub Arc<VerifiedToken>);
+
+type EventHook = Arc<dyn Fn(&NewEvent) + Send + Sync>;
+
+#[derive(Clone)]
+pub struct BearerAuth {
+    tokens: Arc<TokenService>,
+    audit: AuditWriter,
+    on_event: Option<EventHook>,
+    realm: &'static str,
+}
+
+impl BearerAuth {
+    pub fn new(tokens: Arc<TokenService>, audit: AuditWriter) -> Self {
+        BearerAuth {
+            tokens,
+            audit,
+            on_event: None,
+            realm: "tokenwatch",
+        }
+    }
+
+    /// Called with every event before it is recorded (the server counts them for /metrics).
+    pub fn on_event(mut self, hook: impl Fn(&NewEvent) + Send + Sync + 'static) -> Self {
+        self.on_event = Some(Arc::new(hook));
+        self
+    }
+}
+
+impl<S, B> Transform<S, ServiceRequest> for BearerAuth
+where
+    S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = actix_web::Error> + 'static,
+    B: 'static,
+{
+    type Response = ServiceResponse<EitherBody<B, BoxBody>>;
+    type Error = actix_web::Error;
+    type Transform = BearerAuthService<S>;
+    type InitError = ();
+    type Future = Ready<Result<Self::Transform, Self::InitError>>;
+
+    fn new_transform(&self, service: S) -> Self::Future {
+        ready(Ok(BearerAuthService {
+            inner: Rc::new(service),
+            config: self.clone(),
+        }))
+    }
+}
+
+pub struct BearerAuthService<S> {
+    inner: Rc<S>,
+    config: BearerAuth,
+}
+
+/// What the Authorization header held.
+enum Presented<'a> {
+    Missing,
+    Token(&'a str),
+}
+
+fn presented_token(req: &ServiceRequest) -> Presented<'_> {
+    let mut values = req.headers().get_all(header::AUTHORIZATION);
+    let (Some(value), None) = (values.next(), values.next()) else {
+        return Presented::Missing;
+    };
+    match value.to_str().ok().and_then(|v| {
+        let (scheme, rest) = v.split_once(' ')?;
+        scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
+    }) {
+        Some(token) if !token.is_empty() => Presented::Token(token),
+        _ => Presented::Missing,
+    }
+}
+
+pub fn rejection_event(meta: &RequestMeta, kind: &str, r: &Rejection) -> NewEvent {
+    let mut ev = meta.event(kind, Outcome::Failure);
+    ev.reason = Some(r.reason.as_str().to_string());
+    ev.subject = r.subject.clone();
+    ev.jti = r.jti.clone();
+    ev.kid = r.kid.clone();
+    ev.alg = r.alg.clone();
+    ev.token_fp = Some(r.fingerprint.clone());
+    ev
+}
+
+impl<S, B> Service<ServiceRequest> for BearerAuthService<S>
+where
+    S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = actix_web::Error> + 'static,
+    B: 'static,
+{
+    type Response = ServiceResponse<EitherBody<B, BoxBody>>;
+    type Error = actix_web::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>>>>;
+
+    actix_web::dev::forward_ready!(inner);
+
+    fn call(&self, req: ServiceRequest) -> Self::Future {
+        let meta = RequestMeta::from_parts(req.peer_addr(), req.headers(), req.method(), req.path());
+        let decision = match presented_token(&req) {
+            Presented::Missing => Err(None),
+            Presented::Token(t) => self.config.tokens.verify(t).map_err(Some),
+        };
+        let event = match &decision {
+            Ok(v) => {
+                let mut ev = meta.event(kinds::ACCESS_GRANTED, Outcome::Success);
+                ev.subject = Some(v.claims.sub.clone());
+                ev.username = v.claims.username.clone();
+                ev.jti = Some(v.claims.jti.clone());
+                ev.kid = Some(v.kid.clone());
+                ev.alg = Some(v.alg.as_str().to_string());
+                ev.token_fp = Some(v.fingerprint.clone());
+                ev
+            }
+            Err(Some(rejection)) => {
+                let mut ev = rejection_event(&meta, kinds::ACCESS_DENIED, rejection);
+                ev.detail = json!({ "message": rejection.message });
+                ev
+            }
+            Err(None) => {
+                let mut ev = meta.event(kinds::ACCESS_DENIED, Outcome::Failure);
+                ev.reason = Some("missing_token".into());
+                ev
+            }
+        };
+        if let Some(hook) = &self.config.on_event {
+            hook(&event);
+        }
+        let audit = self.config.audit.clone();
+        let inner = self.inner.clone();
+        let realm = self.config.realm;
+        Box::pin(async move {
+            if let Err(e) = audit.record(event).await {
+                tracing::error!(error = %e, "access decision could not be audited; failing closed");
+                let resp = HttpResponse::ServiceUnavailable()
+                    .json(json!({ "error": "temporarily_unavailable", "error_description": "the audit store cannot record this request" }));
+                return Ok(req.into_response(resp).map_into_right_body());
+            }
+            match decision {
+                Ok(verified) => {
+                    req.extensions_mut().insert(Authenticated(Arc::new(verified)));
+                    inner.call(req).await.map(ServiceResponse::map_into_left_body)
+                }
+                Err(rejection) => {
+                    let challenge = match &rejection {
+                        None => format!("Bearer realm=\"{realm}\""),
+                        Some(r) => format!(
+                            "Bearer realm=\"{realm}\", error=\"invalid_token\", error_description=\"{}\"",
+                            r.reason.as_str()
+                        ),
+                    };
+                    let body = match &rejection {
+                        None => json!({ "error": "unauthorized", "error_description": "a bearer token is required" }),
+                        Some(r) => json!({ "error": "invalid_token", "error_description": r.reason.as_str() }),
+                    };
+                    let resp = HttpResponse::Unauthorized()
+                        .insert_header((header::WWW_AUTHENTICATE, challenge))
+                        .json(body);
+                    Ok(req.into_response(resp).map_into_right_body())
+                }
+            }
+        })
+    }
+}

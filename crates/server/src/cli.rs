@@ -1,0 +1,202 @@
+//! The `tokenwatch` command line. Secrets are read from standard input, never
+//! taken as arguments, so they stay out of shell history and `ps`.
+
+use std::io::{Read, Write};
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::config::{FileConfig, Overrides, Settings};
+
+#[derive(Parser, Debug)]
+#[command(name = "tokenwatch", version, about = "Issue and verify JWTs, audit every decision, detect attacks on them")]
+pub struct Cli {
+    /// Configuration file (default: ./tokenwatch.toml when it exists).
+    #[arg(long, global = true, env = "TOKENWATCH_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Where keys, the audit store and state live (default: ./data).
+    #[arg(long, global = true, env = "TOKENWATCH_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the server: OAuth endpoints, protected API, metrics.
+    Serve(ServeArgs),
+    /// Manage users (people who log in with a password).
+    #[command(subcommand)]
+    Users(UsersCmd),
+    /// Manage OAuth clients and resource servers.
+    #[command(subcommand)]
+    Clients(ClientsCmd),
+    /// Issue or check a token from the command line.
+    #[command(subcommand)]
+    Token(TokenCmd),
+    /// List or rotate signing keys.
+    #[command(subcommand)]
+    Keys(KeysCmd),
+    /// Check the audit trail's integrity.
+    #[command(subcommand)]
+    Audit(AuditCmd),
+    /// Export audit events or alerts as CSV.
+    Export(ExportArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// Address to listen on (default 127.0.0.1:8080; port 0 picks a free port).
+    #[arg(long, env = "TOKENWATCH_LISTEN")]
+    pub listen: Option<String>,
+    /// Folder of detector plugins (default: <data-dir>/plugins).
+    #[arg(long, env = "TOKENWATCH_PLUGIN_DIR")]
+    pub plugin_dir: Option<PathBuf>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum UsersCmd {
+    /// Add a user; the password is read from standard input.
+    Add {
+        name: String,
+        #[arg(long, value_enum, default_value = "user")]
+        role: RoleArg,
+        /// Read the password from standard input (required: passwords are never arguments).
+        #[arg(long, required = true)]
+        password_stdin: bool,
+    },
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug)]
+pub enum RoleArg {
+    Admin,
+    Analyst,
+    User,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ClientsCmd {
+    /// Register a client; its secret is printed once.
+    Add {
+        client_id: String,
+        #[arg(long, value_enum, default_value = "confidential")]
+        kind: ClientKindArg,
+        #[arg(long)]
+        scope: Option<String>,
+    },
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug)]
+pub enum ClientKindArg {
+    Confidential,
+    ResourceServer,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TokenCmd {
+    /// Issue an access token for a subject and print it.
+    Issue {
+        #[arg(long)]
+        sub: String,
+        /// Lifetime in seconds (default: the configured access-token lifetime).
+        #[arg(long)]
+        ttl: Option<u64>,
+        #[arg(long)]
+        username: Option<String>,
+        #[arg(long = "role")]
+        roles: Vec<String>,
+    },
+    /// Read a token from standard input; print its claims or why it is refused.
+    /// A diagnostic: it records nothing in the audit trail.
+    Verify,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum KeysCmd {
+    /// List signing and verification keys.
+    List,
+    /// Make a new active signing key; older keys keep verifying until their tokens expire.
+    Rotate {
+        #[arg(long)]
+        alg: Option<String>,
+    },
+    /// Add a verification-only shared HMAC secret (read from stdin) for tokens made elsewhere, e.g. by PyJWT.
+    ImportHmac {
+        #[arg(long)]
+        kid: String,
+        #[arg(long, default_value = "HS256")]
+        alg: String,
+        #[arg(long, required = true)]
+        secret_stdin: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AuditCmd {
+    /// Verify the hash chain against the signed checkpoints; names the first bad row.
+    Verify,
+}
+
+#[derive(Args, Debug)]
+pub struct ExportArgs {
+    #[arg(value_enum)]
+    pub what: ExportWhat,
+    /// Output file (default: standard output).
+    #[arg(long, short)]
+    pub out: Option<PathBuf>,
+    /// Start of the time range, RFC 3339 (e.g. 2026-11-23T00:00:00Z).
+    #[arg(long)]
+    pub from: Option<String>,
+    /// End of the time range, RFC 3339.
+    #[arg(long)]
+    pub to: Option<String>,
+    #[arg(long)]
+    pub kind: Option<String>,
+    #[arg(long)]
+    pub outcome: Option<String>,
+    #[arg(long)]
+    pub reason: Option<String>,
+    /// Subject or username.
+    #[arg(long)]
+    pub user: Option<String>,
+    #[arg(long)]
+    pub ip: Option<String>,
+    #[arg(long)]
+    pub jti: Option<String>,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug)]
+pub enum ExportWhat {
+    Events,
+    Alerts,
+}
+
+pub fn settings(cli: &Cli, serve: Option<&ServeArgs>) -> Result<Settings> {
+    let file = FileConfig::load(cli.config.as_deref())?;
+    let overrides = Overrides {
+        listen: serve.and_then(|s| s.listen.clone()),
+        data_dir: cli.data_dir.clone(),
+        plugin_dir: serve.and_then(|s| s.plugin_dir.clone()),
+    };
+    Ok(Settings::resolve(file, &overrides)?)
+}
+
+pub fn read_secret_stdin(what: &str) -> Result<String> {
+    let mut s = String::new();
+    std::io::stdin()
+        .read_to_string(&mut s)
+        .with_context(|| format!("reading the {what} from standard input"))?;
+    let s = s.trim_end_matches(['\n', '\r']).to_string();
+    if s.is_empty() {
+        bail!("no {what} on standard input");
+    }
+    Ok(s)
+}
+
+pub fn print_line(line: &str) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{line}")?;
+    out.flush()?;
+    Ok(())
+}

@@ -1,0 +1,256 @@
+//! The command-line subcommands other than `serve`.
+
+use std::sync::Arc;
+
+use anyhow::{anyhow, bail, Context, Result};
+use audit_store::{kinds, AuditStore, NewEvent, Outcome};
+use serde_json::json;
+use token_core::{AccessRequest, Alg, KeyRing, TokenService};
+
+use crate::cli::{self, AuditCmd, ClientKindArg, ClientsCmd, ExportArgs, ExportWhat, KeysCmd, RoleArg, TokenCmd, UsersCmd};
+use crate::config::Settings;
+use crate::datadir::DataDirLock;
+use crate::state::{ClientKind, Role, StateDb};
+
+/// A command that changes state: holds the data-dir lock and records what it did.
+struct AdminSession {
+    _lock: DataDirLock,
+    store: AuditStore,
+}
+
+impl AdminSession {
+    fn open(settings: &Settings) -> Result<AdminSession> {
+        let lock = DataDirLock::acquire(&settings.data_dir)?;
+        let store = AuditStore::open(settings.store_config()).context("opening the audit store")?;
+        Ok(AdminSession { _lock: lock, store })
+    }
+
+    fn record(&self, action: &str, outcome: Outcome, detail: serde_json::Value) -> Result<()> {
+        let mut ev = NewEvent::new(kinds::ADMIN_ACTION, outcome);
+        ev.username = Some(operator());
+        ev.method = Some("CLI".into());
+        ev.path = Some(action.into());
+        ev.detail = detail;
+        self.store
+            .writer()
+            .record_blocking(ev)
+            .context("recording the audit event")?;
+        Ok(())
+    }
+
+    fn close(self) -> Result<()> {
+        self.store.shutdown().context("closing the audit store")
+    }
+}
+
+/// Who ran the command, as far as the operating system says.
+fn operator() -> String {
+    std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .map(|u| format!("os:{u}"))
+        .unwrap_or_else(|_| "os:unknown".into())
+}
+
+pub fn users(settings: &Settings, cmd: UsersCmd) -> Result<()> {
+    match cmd {
+        UsersCmd::Add { name, role, .. } => {
+            let password = cli::read_secret_stdin("password")?;
+            let role = match role {
+                RoleArg::Admin => Role::Admin,
+                RoleArg::Analyst => Role::Analyst,
+                RoleArg::User => Role::User,
+            };
+            let session = AdminSession::open(settings)?;
+            let state = StateDb::open(&settings.state_db_path())?;
+            let user = state.add_user(&name, role, &password)?;
+            session.record("users add", Outcome::Success, json!({ "user": user.username, "role": role.as_str(), "subject": user.subject }))?;
+            session.close()?;
+            cli::print_line(&format!("added user {} ({}), subject {}", user.username, role.as_str(), user.subject))
+        }
+    }
+}
+
+pub fn clients(settings: &Settings, cmd: ClientsCmd) -> Result<()> {
+    match cmd {
+        ClientsCmd::Add { client_id, kind, scope } => {
+            let kind = match kind {
+                ClientKindArg::Confidential => ClientKind::Confidential,
+                ClientKindArg::ResourceServer => ClientKind::ResourceServer,
+            };
+            let session = AdminSession::open(settings)?;
+            let state = StateDb::open(&settings.state_db_path())?;
+            let secret = state.add_client(&client_id, kind, scope.as_deref())?;
+            session.record("clients add", Outcome::Success, json!({ "client_id": client_id, "kind": kind.as_str() }))?;
+            session.close()?;
+            cli::print_line(&format!("client_id: {client_id}"))?;
+            cli::print_line(&format!("client_secret: {secret}"))?;
+            eprintln!("The secret is shown once; store it now.");
+            Ok(())
+        }
+    }
+}
+
+pub fn token_service(settings: &Settings, state: Arc<StateDb>) -> Result<TokenService> {
+    let keys = KeyRing::load_or_create(&settings.jwt_key_dir(), settings.signing_alg)
+        .context("loading the signing keys")?;
+    Ok(TokenService::new(keys, settings.token_config(), state.clone(), state))
+}
+
+pub fn token(settings: &Settings, cmd: TokenCmd) -> Result<()> {
+    match cmd {
+        TokenCmd::Issue { sub, ttl, username, roles } => {
+            let session = AdminSession::open(settings)?;
+            let state = Arc::new(StateDb::open(&settings.state_db_path())?);
+            let tokens = token_service(settings, state)?;
+            let issued = tokens
+                .issue_access(&AccessRequest {
+                    subject: sub.clone(),
+                    username: username.clone(),
+                    roles,
+                    client_id: None,
+                    scope: None,
+                    session_id: None,
+                    ttl: ttl.map(std::time::Duration::from_secs),
+                    extra: serde_json::Map::new(),
+                })
+                .map_err(|e| anyhow!("{e}"))?;
+            let mut ev = NewEvent::new(kinds::TOKEN_ISSUED, Outcome::Success);
+            ev.subject = Some(sub);
+            ev.username = username;
+            ev.jti = Some(issued.jti.clone());
+            ev.kid = Some(issued.kid.clone());
+            ev.alg = Some(issued.alg.as_str().to_string());
+            ev.token_fp = Some(issued.fingerprint.clone());
+            ev.method = Some("CLI".into());
+            ev.detail = json!({ "via": "cli", "operator": operator(), "expires_at": issued.expires_at });
+            session.store.writer().record_blocking(ev)?;
+            session.close()?;
+            cli::print_line(issued.token.expose())
+        }
+        TokenCmd::Verify => {
+            let raw = cli::read_secret_stdin("token")?;
+            let state = Arc::new(StateDb::open(&settings.state_db_path())?);
+            let tokens = token_service(settings, state)?;
+            match tokens.verify(raw.trim()) {
+                Ok(v) => {
+                    let out = json!({ "valid": true, "kid": v.kid, "alg": v.alg.as_str(), "fingerprint": v.fingerprint, "claims": v.claims });
+                    cli::print_line(&serde_json::to_string_pretty(&out)?)
+                }
+                Err(r) => {
+                    let out = json!({ "valid": false, "reason": r.reason.as_str(), "message": r.message, "fingerprint": r.fingerprint });
+                    cli::print_line(&serde_json::to_string_pretty(&out)?)?;
+                    std::process::exit(2);
+                }
+            }
+        }
+    }
+}
+
+pub fn keys(settings: &Settings, cmd: KeysCmd) -> Result<()> {
+    match cmd {
+        KeysCmd::List => {
+            let keys = KeyRing::load_or_create(&settings.jwt_key_dir(), settings.signing_alg)?;
+            for k in keys.keys() {
+                cli::print_line(&format!(
+                    "{}\t{}\t{}\tcreated {}{}",
+                    k.kid,
+                    k.alg.as_str(),
+                    if k.active { "active" } else { "verify-only" },
+                    k.created_at,
+                    k.retired_at.map(|r| format!(", retired {r}")).unwrap_or_default()
+                ))?;
+            }
+            Ok(())
+        }
+        KeysCmd::Rotate { alg } => {
+            let alg: Alg = match alg {
+                Some(a) => a.parse().map_err(|_| anyhow!("unknown algorithm {a:?}: expected HS256, HS384, HS512, RS256, ES256 or EdDSA"))?,
+                None => settings.signing_alg,
+            };
+            let session = AdminSession::open(settings)?;
+            let mut keys = KeyRing::load_or_create(&settings.jwt_key_dir(), settings.signing_alg)?;
+            let info = keys.rotate(alg)?;
+            session.record("keys rotate", Outcome::Success, json!({ "kid": info.kid, "alg": info.alg.as_str() }))?;
+            session.close()?;
+            cli::print_line(&format!("new active key {} ({})", info.kid, info.alg.as_str()))
+        }
+        KeysCmd::ImportHmac { kid, alg, .. } => {
+            let alg: Alg = alg.parse().map_err(|_| anyhow!("unknown algorithm {alg:?}"))?;
+            if !matches!(alg, Alg::HS256 | Alg::HS384 | Alg::HS512) {
+                bail!("import-hmac takes HS256, HS384 or HS512");
+            }
+            let secret = cli::read_secret_stdin("secret")?;
+            let session = AdminSession::open(settings)?;
+            let mut keys = KeyRing::load_or_create(&settings.jwt_key_dir(), settings.signing_alg)?;
+            let info = keys.import_hmac(&kid, alg, secret.as_bytes())?;
+            session.record("keys import-hmac", Outcome::Success, json!({ "kid": info.kid, "alg": info.alg.as_str() }))?;
+            session.close()?;
+            cli::print_line(&format!("imported verification key {} ({})", info.kid, info.alg.as_str()))
+        }
+    }
+}
+
+pub fn audit(settings: &Settings, cmd: AuditCmd) -> Result<()> {
+    match cmd {
+        AuditCmd::Verify => {
+            let report = audit_store::verify_chain(&settings.store_config()).context("verifying the audit chain")?;
+            cli::print_line(&report.to_string())?;
+            if report.first_problem.is_some() {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
+    }
+}
+
+pub fn export(settings: &Settings, args: ExportArgs) -> Result<()> {
+    let filter = event_filter(&args)?;
+    let session = AdminSession::open(settings)?;
+    let reader = session.store.reader()?;
+    let mut sink: Box<dyn std::io::Write> = match &args.out {
+        Some(path) => Box::new(std::io::BufWriter::new(
+            std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?,
+        )),
+        None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
+    };
+    let rows = match args.what {
+        ExportWhat::Events => reader.export_events_csv(&filter, &mut sink)?,
+        ExportWhat::Alerts => reader.export_alerts_csv(&Default::default(), &mut sink)?,
+    };
+    sink.flush()?;
+    drop(sink);
+    let mut ev = NewEvent::new(kinds::ADMIN_EXPORT, Outcome::Success);
+    ev.username = Some(operator());
+    ev.method = Some("CLI".into());
+    ev.detail = json!({ "what": format!("{:?}", args.what).to_lowercase(), "rows": rows, "filter": serde_json::to_value(&filter).unwrap_or_default() });
+    session.store.writer().record_blocking(ev)?;
+    session.close()?;
+    eprintln!("exported {rows} rows");
+    Ok(())
+}
+
+fn parse_time(s: &str) -> Result<i64> {
+    let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+        .with_context(|| format!("{s:?} is not an RFC 3339 time such as 2026-11-23T00:00:00Z"))?;
+    Ok((t.unix_timestamp_nanos() / 1000) as i64)
+}
+
+fn event_filter(args: &ExportArgs) -> Result<audit_store::EventFilter> {
+    let outcome = match args.outcome.as_deref() {
+        None => None,
+        Some("success") => Some(Outcome::Success),
+        Some("failure") => Some(Outcome::Failure),
+        Some(other) => bail!("--outcome {other:?}: expected success or failure"),
+    };
+    Ok(audit_store::EventFilter {
+        from_us: args.from.as_deref().map(parse_time).transpose()?,
+        to_us: args.to.as_deref().map(parse_time).transpose()?,
+        kind: args.kind.clone(),
+        outcome,
+        reason: args.reason.clone(),
+        subject_or_username: args.user.clone(),
+        client_ip: args.ip.clone(),
+        jti: args.jti.clone(),
+        ..Default::default()
+    })
+}

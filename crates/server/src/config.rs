@@ -1,0 +1,211 @@
+//! Settings: command-line flags win over `TOKENWATCH_*` variables (clap reads
+//! both), which win over `tokenwatch.toml`, which wins over the defaults here.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("config file {path} is not valid: {source}")]
+    Parse { path: String, source: toml::de::Error },
+    #[error("invalid setting {key}: {message}")]
+    Invalid { key: &'static str, message: String },
+}
+
+/// The contents of `tokenwatch.toml`; every key is optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub listen: Option<String>,
+    pub data_dir: Option<PathBuf>,
+    pub plugin_dir: Option<PathBuf>,
+    pub issuer: Option<String>,
+    pub audience: Option<String>,
+    pub signing_alg: Option<String>,
+    pub access_ttl_secs: Option<u64>,
+    pub refresh_ttl_secs: Option<u64>,
+    pub leeway_secs: Option<u64>,
+    pub max_token_bytes: Option<usize>,
+    pub log_level: Option<String>,
+    #[serde(default)]
+    pub audit: AuditFileConfig,
+    /// Per-plugin configuration, passed to the plugin's create() as JSON.
+    #[serde(default)]
+    pub plugins: toml::Table,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditFileConfig {
+    /// `full` (default), `normal` or `extra`: SQLite's `synchronous` pragma.
+    pub synchronous: Option<String>,
+    pub retention_days: Option<u64>,
+    pub checkpoint_interval_secs: Option<u64>,
+    /// Write one ECS JSON line per audit event under `<data_dir>/security-log/`.
+    pub security_log: Option<bool>,
+}
+
+impl FileConfig {
+    /// Reads `path`, or `./tokenwatch.toml` when no path was given and it exists.
+    pub fn load(path: Option<&Path>) -> Result<FileConfig, ConfigError> {
+        let (path, required) = match path {
+            Some(p) => (p.to_path_buf(), true),
+            None => (PathBuf::from("tokenwatch.toml"), false),
+        };
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if !required && e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(FileConfig::default())
+            }
+            Err(source) => {
+                return Err(ConfigError::Read {
+                    path: path.display().to_string(),
+                    source,
+                })
+            }
+        };
+        toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.display().to_string(),
+            source,
+        })
+    }
+}
+
+/// The resolved settings the server runs with.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub plugin_dir: PathBuf,
+    pub issuer: String,
+    pub audience: String,
+    pub signing_alg: token_core::Alg,
+    pub access_ttl: Duration,
+    pub refresh_ttl: Duration,
+    pub leeway: Duration,
+    pub max_token_bytes: usize,
+    pub log_level: String,
+    pub audit_synchronous: audit_store::Synchronous,
+    pub audit_retention: Option<Duration>,
+    pub checkpoint_interval: Duration,
+    pub security_log: bool,
+    pub plugin_config: std::collections::HashMap<String, serde_json::Value>,
+}
+
+/// What the command line (or its environment variables) set explicitly.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub listen: Option<String>,
+    pub data_dir: Option<PathBuf>,
+    pub plugin_dir: Option<PathBuf>,
+}
+
+impl Settings {
+    pub fn resolve(file: FileConfig, cli: &Overrides) -> Result<Settings, ConfigError> {
+        let listen_text = cli
+            .listen
+            .clone()
+            .or(file.listen)
+            .unwrap_or_else(|| "127.0.0.1:8080".into());
+        let listen = listen_text.parse().map_err(|e| ConfigError::Invalid {
+            key: "listen",
+            message: format!("{listen_text:?} is not an address:port ({e})"),
+        })?;
+        let data_dir = cli
+            .data_dir
+            .clone()
+            .or(file.data_dir)
+            .unwrap_or_else(|| PathBuf::from("data"));
+        let plugin_dir = cli
+            .plugin_dir
+            .clone()
+            .or(file.plugin_dir)
+            .unwrap_or_else(|| data_dir.join("plugins"));
+        let signing_alg = file
+            .signing_alg
+            .as_deref()
+            .unwrap_or("ES256")
+            .parse()
+            .map_err(|_| ConfigError::Invalid {
+                key: "signing_alg",
+                message: "expected one of HS256, HS384, HS512, RS256, ES256, EdDSA".into(),
+            })?;
+        let audit_synchronous = match file.audit.synchronous.as_deref().unwrap_or("full") {
+            "full" => audit_store::Synchronous::Full,
+            "normal" => audit_store::Synchronous::Normal,
+            "extra" => audit_store::Synchronous::Extra,
+            other => {
+                return Err(ConfigError::Invalid {
+                    key: "audit.synchronous",
+                    message: format!("{other:?}: expected full, normal or extra"),
+                })
+            }
+        };
+        let plugin_config = file
+            .plugins
+            .into_iter()
+            .map(|(name, value)| {
+                let json = serde_json::to_value(value).unwrap_or(serde_json::Value::Null);
+                (name, json)
+            })
+            .collect();
+        Ok(Settings {
+            listen,
+            plugin_dir,
+            issuer: file.issuer.unwrap_or_else(|| "tokenwatch".into()),
+            audience: file.audience.unwrap_or_else(|| "tokenwatch-api".into()),
+            signing_alg,
+            access_ttl: Duration::from_secs(file.access_ttl_secs.unwrap_or(15 * 60)),
+            refresh_ttl: Duration::from_secs(file.refresh_ttl_secs.unwrap_or(30 * 24 * 3600)),
+            leeway: Duration::from_secs(file.leeway_secs.unwrap_or(5)),
+            max_token_bytes: file.max_token_bytes.unwrap_or(8 * 1024),
+            log_level: file.log_level.unwrap_or_else(|| "info".into()),
+            audit_synchronous,
+            audit_retention: file
+                .audit
+                .retention_days
+                .map(|d| Duration::from_secs(d * 24 * 3600)),
+            checkpoint_interval: Duration::from_secs(
+                file.audit.checkpoint_interval_secs.unwrap_or(60),
+            ),
+            security_log: file.audit.security_log.unwrap_or(false),
+            plugin_config,
+            data_dir,
+        })
+    }
+
+    pub fn token_config(&self) -> token_core::TokenConfig {
+        token_core::TokenConfig {
+            issuer: self.issuer.clone(),
+            audience: self.audience.clone(),
+            access_ttl: self.access_ttl,
+            refresh_ttl: self.refresh_ttl,
+            leeway: self.leeway,
+            max_token_bytes: self.max_token_bytes,
+        }
+    }
+
+    pub fn store_config(&self) -> audit_store::StoreConfig {
+        let mut cfg = audit_store::StoreConfig::in_data_dir(&self.data_dir);
+        cfg.synchronous = self.audit_synchronous;
+        cfg.retention = self.audit_retention;
+        cfg.checkpoint_interval = self.checkpoint_interval;
+        if self.security_log {
+            cfg.security_log_dir = Some(self.data_dir.join("security-log"));
+        }
+        cfg
+    }
+
+    pub fn jwt_key_dir(&self) -> PathBuf {
+        self.data_dir.join("keys").join("jwt")
+    }
+
+    pub fn state_db_path(&self) -> PathBuf {
+        self.data_dir.join("state.db")
+    }
+}

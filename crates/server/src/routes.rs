@@ -1,0 +1,74 @@
+//! The HTTP surface. `configure` is used by `serve` and by the tests alike.
+
+use actix_web::http::header;
+use actix_web::{web, HttpResponse};
+use serde_json::json;
+
+use crate::app::{AppState, Data};
+use crate::bearer::{Authenticated, BearerAuth};
+use crate::oauth;
+
+/// OAuth form bodies are small; anything bigger is refused before parsing.
+const FORM_LIMIT: usize = 16 * 1024;
+
+pub fn configure(cfg: &mut web::ServiceConfig, state: &web::Data<AppState>) {
+    let metrics_state = state.clone();
+    let bearer = BearerAuth::new(state.tokens.clone(), state.audit.clone())
+        .on_event(move |ev| metrics_state.metrics.count_event(ev));
+    cfg.app_data(state.clone())
+        .app_data(web::PayloadConfig::new(FORM_LIMIT))
+        .route("/oauth/token", web::post().to(oauth::token))
+        .route("/oauth/introspect", web::post().to(oauth::introspect))
+        .route("/oauth/revoke", web::post().to(oauth::revoke))
+        .route("/.well-known/jwks.json", web::get().to(jwks))
+        .route("/healthz", web::get().to(healthz))
+        .route("/metrics", web::get().to(metrics))
+        .service(
+            web::scope("/api/v1")
+                .wrap(bearer)
+                .route("/me", web::get().to(me)),
+        );
+}
+
+async fn jwks(data: Data) -> HttpResponse {
+    HttpResponse::Ok()
+        .insert_header((header::CACHE_CONTROL, "public, max-age=300"))
+        .json(data.tokens.jwks())
+}
+
+async fn me(caller: web::ReqData<Authenticated>) -> HttpResponse {
+    let c = &caller.0.claims;
+    HttpResponse::Ok().json(json!({
+        "sub": c.sub,
+        "username": c.username,
+        "roles": c.roles,
+        "scope": c.scope,
+        "client_id": c.client_id,
+        "exp": c.exp,
+    }))
+}
+
+async fn healthz(data: Data) -> HttpResponse {
+    let h = data.store.health();
+    let body = json!({
+        "status": if h.writable { "ok" } else { "failing" },
+        "audit_store": {
+            "writable": h.writable,
+            "last_error": h.last_error,
+            "queue_depth": h.queue_depth,
+            "events_committed": h.events_committed,
+        },
+    });
+    if h.writable {
+        HttpResponse::Ok().json(body)
+    } else {
+        HttpResponse::ServiceUnavailable().json(body)
+    }
+}
+
+async fn metrics(data: Data) -> HttpResponse {
+    let text = data.metrics.render(&data.store.health(), "");
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4; charset=utf-8")
+        .body(text)
+}

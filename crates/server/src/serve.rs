@@ -1,0 +1,111 @@
+//! `tokenwatch serve`: opens the data directory, bootstraps keys and the first
+//! admin, and runs the HTTP server until it is told to stop.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::middleware::DefaultHeaders;
+use actix_web::{web, App, HttpServer};
+use anyhow::{Context, Result};
+use audit_store::{kinds, AuditStore, NewEvent, Outcome};
+use serde_json::json;
+
+use crate::app::AppState;
+use crate::config::Settings;
+use crate::datadir::DataDirLock;
+use crate::metrics::Metrics;
+use crate::state::{Role, StateDb};
+
+/// Opens everything a server needs in `settings.data_dir` (the caller holds the lock).
+pub fn open_app_state(settings: &Settings) -> Result<web::Data<AppState>> {
+    let state = Arc::new(StateDb::open(&settings.state_db_path())?);
+    let tokens = Arc::new(crate::commands::token_service(settings, state.clone())?);
+    let store = Arc::new(AuditStore::open(settings.store_config()).context("opening the audit store")?);
+    bootstrap_admin(&state, &store)?;
+    Ok(web::Data::new(AppState {
+        settings: settings.clone(),
+        tokens,
+        state,
+        audit: store.writer(),
+        store,
+        metrics: Metrics::default(),
+    }))
+}
+
+pub fn run(settings: Settings) -> Result<()> {
+    let lock = DataDirLock::acquire(&settings.data_dir)?;
+    let _log_guard = crate::logging::init(Some(&settings.data_dir), &settings.log_level);
+    let data = open_app_state(&settings)?;
+    let store = data.store.clone();
+    spawn_housekeeping(data.state.clone());
+
+    let app_data = data.clone();
+    let server = HttpServer::new(move || {
+        App::new()
+            .wrap(
+                DefaultHeaders::new()
+                    .add(("X-Content-Type-Options", "nosniff"))
+                    .add(("Referrer-Policy", "no-referrer"))
+                    .add(("X-Frame-Options", "DENY"))
+                    .add(("Content-Security-Policy", "default-src 'none'; frame-ancestors 'none'")),
+            )
+            .configure(|cfg| crate::routes::configure(cfg, &app_data))
+    })
+    .bind(settings.listen)
+    .with_context(|| format!("listening on {}", settings.listen))?;
+    for addr in server.addrs() {
+        // Tests and scripts read this line to learn the port when --listen used port 0.
+        crate::cli::print_line(&format!("tokenwatch listening on http://{addr}"))?;
+    }
+    tracing::info!(listen = %settings.listen, data_dir = %settings.data_dir.display(), "tokenwatch serving");
+    actix_web::rt::System::new().block_on(server.run())?;
+
+    drop(data);
+    match Arc::try_unwrap(store) {
+        Ok(store) => store.shutdown().context("closing the audit store")?,
+        Err(_) => tracing::warn!("audit store still in use at shutdown; its writer drains on drop"),
+    }
+    drop(lock);
+    Ok(())
+}
+
+/// On an empty user table, creates `admin` with a random password printed once.
+fn bootstrap_admin(state: &StateDb, store: &AuditStore) -> Result<()> {
+    if state.user_count()? > 0 {
+        return Ok(());
+    }
+    let password = crate::random_token(18);
+    let user = state.add_user("admin", Role::Admin, &password)?;
+    let mut ev = NewEvent::new(kinds::ADMIN_ACTION, Outcome::Success);
+    ev.username = Some("system".into());
+    ev.path = Some("bootstrap admin".into());
+    ev.detail = json!({ "user": user.username, "role": "admin", "subject": user.subject });
+    store.writer().record_blocking(ev)?;
+    // Printed, never logged: the log files outlive this terminal.
+    println!("================================================================");
+    println!(" First start: created user 'admin' with one-time password:");
+    println!("   {password}");
+    println!(" It is shown only this once. Store it now.");
+    println!("================================================================");
+    Ok(())
+}
+
+/// Drops revocations and refresh tokens whose tokens have expired anyway.
+fn spawn_housekeeping(state: Arc<StateDb>) {
+    let spawned = std::thread::Builder::new()
+        .name("tokenwatch-housekeeping".into())
+        .spawn(move || loop {
+            std::thread::sleep(Duration::from_secs(600));
+            let now = crate::state::now_secs();
+            use token_core::{RefreshStore, RevocationStore};
+            if let Err(e) = RevocationStore::purge_expired(state.as_ref(), now) {
+                tracing::warn!(error = %e, "purging expired revocations failed");
+            }
+            if let Err(e) = RefreshStore::purge_expired(state.as_ref(), now) {
+                tracing::warn!(error = %e, "purging expired refresh tokens failed");
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "could not start housekeeping thread");
+    }
+}

@@ -1,0 +1,797 @@
+//! The token service: issue, verify, refresh, revoke.
+
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::Duration;
+
+use aws_lc_rs::rand::{SecureRandom, SystemRandom};
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::Validation;
+use serde_json::{json, Map, Value};
+
+use crate::alg::Alg;
+use crate::claims::{AccessRequest, Claims, RESERVED_CLAIMS};
+use crate::jws::{self, Seen};
+use crate::keys::{generate_entry, KeyError, KeyInfo, KeyRing};
+use crate::reason::{Reason, Rejection};
+use crate::sanitize::log_safe_text;
+use crate::secret::SecretToken;
+use crate::store::{RefreshRecord, RefreshStore, RevocationStore, StoreFailure};
+use crate::{fingerprint, sha256_hex, unix_now};
+
+/// Issuer, audience and lifetimes. [`TokenConfig::new`] gives the defaults.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TokenConfig {
+    /// `iss` of issued tokens, and the only issuer accepted.
+    pub issuer: String,
+    /// `aud` of issued tokens, and the audience a token must contain.
+    pub audience: String,
+    /// Access-token lifetime, and the maximum any access token may have.
+    pub access_ttl: Duration,
+    pub refresh_ttl: Duration,
+    /// Clock skew tolerated on `exp`, `nbf` and `iat`.
+    pub leeway: Duration,
+    /// Longer tokens are refused before any parsing (`too_large`).
+    pub max_token_bytes: usize,
+}
+
+impl TokenConfig {
+    /// Defaults: access tokens 15 minutes, refresh tokens 30 days, leeway 5 s,
+    /// tokens at most 8 KiB.
+    pub fn new(issuer: impl Into<String>, audience: impl Into<String>) -> Self {
+        TokenConfig {
+            issuer: issuer.into(),
+            audience: audience.into(),
+            access_ttl: Duration::from_secs(15 * 60),
+            refresh_ttl: Duration::from_secs(30 * 24 * 3600),
+            leeway: Duration::from_secs(5),
+            max_token_bytes: 8 * 1024,
+        }
+    }
+
+    fn secs(d: Duration) -> i64 {
+        i64::try_from(d.as_secs()).unwrap_or(i64::MAX)
+    }
+}
+
+/// A newly signed access token.
+#[derive(Clone, Debug)]
+pub struct IssuedToken {
+    pub token: SecretToken,
+    pub jti: String,
+    pub kid: String,
+    pub alg: Alg,
+    pub issued_at: i64,
+    pub expires_at: i64,
+    pub fingerprint: String,
+}
+
+/// An access token that passed every check.
+#[derive(Clone, Debug, PartialEq)]
+pub struct VerifiedToken {
+    pub claims: Claims,
+    pub kid: String,
+    pub alg: Alg,
+    pub fingerprint: String,
+}
+
+/// A newly issued refresh token: an opaque 256-bit random value, stored only hashed.
+#[derive(Clone, Debug)]
+pub struct IssuedRefresh {
+    pub token: SecretToken,
+    pub family_id: String,
+    pub expires_at: i64,
+    pub fingerprint: String,
+}
+
+/// The result of a successful refresh: a new refresh token of the same family, and
+/// who it is for, so the caller can issue the matching access token (with
+/// `session_id = family_id`).
+#[derive(Clone, Debug)]
+pub struct RotatedRefresh {
+    pub refresh: IssuedRefresh,
+    pub subject: String,
+    pub username: Option<String>,
+    pub client_id: Option<String>,
+    pub scope: Option<String>,
+    pub family_id: String,
+}
+
+/// Why a token could not be issued.
+#[non_exhaustive]
+#[derive(Debug, thiserror::Error)]
+pub enum IssueError {
+    #[error("invalid token request: {0}")]
+    InvalidRequest(&'static str),
+    #[error("claim `{0}` is set by token-core and cannot be supplied as an extra claim")]
+    ReservedClaim(String),
+    #[error("requested lifetime is longer than the configured access_ttl of {max_secs} s")]
+    TtlTooLong { max_secs: u64 },
+    #[error("the signed token would be {len} bytes, over the {max}-byte limit; send fewer or shorter claims")]
+    TooLarge { len: usize, max: usize },
+    #[error("the key ring has no active signing key")]
+    NoSigningKey,
+    #[error("signing failed in the crypto library")]
+    Signing,
+    #[error("the system random number generator failed")]
+    Random,
+    #[error(transparent)]
+    Store(#[from] StoreFailure),
+}
+
+/// Why a refresh token was not exchanged. [`RefreshError::as_str`] is the audit code.
+#[non_exhaustive]
+#[derive(Debug, thiserror::Error)]
+pub enum RefreshError {
+    #[error("refresh token is not known")]
+    Unknown,
+    #[error("refresh token has expired")]
+    Expired,
+    #[error("refresh token has been revoked")]
+    Revoked,
+    #[error("refresh token was issued to a different client")]
+    ClientMismatch,
+    /// An already-used token was presented: the whole family has been revoked
+    /// (RFC 9700 §4.14.2), refresh tokens and access tokens alike.
+    #[error("refresh token reuse detected; token family {family_id} revoked")]
+    Reused { family_id: String, subject: String },
+    #[error(transparent)]
+    Store(StoreFailure),
+    #[error("issuing the replacement refresh token failed: {0}")]
+    Issue(IssueError),
+}
+
+impl RefreshError {
+    /// Stable code for the audit event.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            RefreshError::Unknown => "unknown_token",
+            RefreshError::Expired => "expired",
+            RefreshError::Revoked => "revoked",
+            RefreshError::ClientMismatch => "client_mismatch",
+            RefreshError::Reused { .. } => "refresh_reused",
+            RefreshError::Store(_) => "store_unavailable",
+            RefreshError::Issue(_) => "issue_failed",
+        }
+    }
+}
+
+impl From<StoreFailure> for RefreshError {
+    fn from(e: StoreFailure) -> Self {
+        RefreshError::Store(e)
+    }
+}
+
+impl From<IssueError> for RefreshError {
+    fn from(e: IssueError) -> Self {
+        match e {
+            IssueError::Store(s) => RefreshError::Store(s),
+            other => RefreshError::Issue(other),
+        }
+    }
+}
+
+/// Builds refusals that carry what was seen of the token.
+struct Refusal<'a> {
+    fingerprint: &'a str,
+    seen: &'a Seen,
+    jti: Option<String>,
+    subject: Option<String>,
+}
+
+impl Refusal<'_> {
+    fn no(&self, reason: Reason, message: impl Into<String>) -> Rejection {
+        Rejection {
+            reason,
+            message: message.into(),
+            kid: self.seen.kid.clone(),
+            alg: self.seen.alg.clone(),
+            jti: self.jti.clone(),
+            subject: self.subject.clone(),
+            fingerprint: self.fingerprint.to_owned(),
+        }
+    }
+}
+
+const MAX_LOGGED_JTI: usize = 128;
+const MAX_LOGGED_SUBJECT: usize = 256;
+
+/// `jti` and `sub` of a signature-verified payload, made safe to log.
+fn ids_of(payload: &Map<String, Value>) -> (Option<String>, Option<String>) {
+    let get = |name: &str, max: usize| match payload.get(name) {
+        Some(Value::String(s)) => Some(log_safe_text(s, max)),
+        _ => None,
+    };
+    (get("jti", MAX_LOGGED_JTI), get("sub", MAX_LOGGED_SUBJECT))
+}
+
+/// Maps a jsonwebtoken failure to a reason; the flag says whether the signature had
+/// already verified (so claims in the payload are the issuer's, fit to name in the audit).
+fn map_jwt_error(kind: &ErrorKind) -> (Reason, String, bool) {
+    let (reason, message, signed): (Reason, &str, bool) = match kind {
+        ErrorKind::InvalidSignature => (
+            Reason::BadSignature,
+            "signature does not verify with the key named by kid",
+            false,
+        ),
+        ErrorKind::ExpiredSignature => (Reason::Expired, "token has expired", true),
+        ErrorKind::ImmatureSignature => (Reason::NotYetValid, "token is not valid yet (nbf)", true),
+        ErrorKind::InvalidIssuer => (
+            Reason::IssuerMismatch,
+            "iss is not the expected issuer",
+            true,
+        ),
+        ErrorKind::InvalidAudience => (
+            Reason::AudienceMismatch,
+            "aud does not include the expected audience",
+            true,
+        ),
+        ErrorKind::MissingRequiredClaim(claim) => {
+            let msg = match claim.as_str() {
+                "exp" => "required claim `exp` is missing or not a NumericDate",
+                "iss" => "required claim `iss` is missing or not a string",
+                "aud" => "required claim `aud` is missing or not a string or array",
+                "sub" => "required claim `sub` is missing or not a string",
+                _ => "a required claim is missing",
+            };
+            (Reason::MissingClaim, msg, true)
+        }
+        ErrorKind::InvalidClaimFormat(_) => {
+            (Reason::Malformed, "a time claim has the wrong type", true)
+        }
+        ErrorKind::InvalidAlgorithm
+        | ErrorKind::UnsupportedAlgorithm
+        | ErrorKind::MissingAlgorithm
+        | ErrorKind::InvalidAlgorithmName => (
+            Reason::AlgNotAllowed,
+            "algorithm is not the one of the key named by kid",
+            false,
+        ),
+        ErrorKind::InvalidEcdsaKey
+        | ErrorKind::InvalidRsaKey(_)
+        | ErrorKind::InvalidEddsaKey
+        | ErrorKind::InvalidKeyFormat => (
+            Reason::BadSignature,
+            "signature could not be checked with the key named by kid",
+            false,
+        ),
+        ErrorKind::Base64(_) | ErrorKind::Utf8(_) | ErrorKind::InvalidToken => (
+            Reason::Malformed,
+            "a token part is not canonical base64url",
+            false,
+        ),
+        // JSON errors are not echoed: serde's messages can quote claim values.
+        ErrorKind::Json(_) => (
+            Reason::Malformed,
+            "token header or payload is not a valid JSON object",
+            false,
+        ),
+        // ErrorKind is non-exhaustive: anything new is a refusal, never a pass.
+        _ => (Reason::Malformed, "token could not be verified", false),
+    };
+    (reason, message.to_owned(), signed)
+}
+
+fn validation_for(alg: Alg, cfg: &TokenConfig) -> Validation {
+    let mut v = Validation::new(alg.jwt_algorithm());
+    // jsonwebtoken's defaults leave iss/aud/sub optional even when set, so a token
+    // without them (or with `iss: 5`) would pass.
+    v.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+    v.set_issuer(&[cfg.issuer.as_str()]);
+    v.set_audience(&[cfg.audience.as_str()]);
+    v.leeway = cfg.leeway.as_secs();
+    // exp, nbf and iat are judged by token-core against one caller-given `now`:
+    // jsonwebtoken reads the system clock itself and never checks iat, and mixing
+    // two clocks would make `verify_at` inexact.
+    v.validate_exp = false;
+    v.validate_nbf = false;
+    v
+}
+
+/// Issues and verifies tokens. `Send + Sync`; share it in an `Arc`. The key ring is
+/// behind a lock so keys can rotate while requests are served.
+pub struct TokenService {
+    keys: RwLock<KeyRing>,
+    cfg: TokenConfig,
+    validations: Vec<Validation>,
+    revocations: Arc<dyn RevocationStore>,
+    refresh: Arc<dyn RefreshStore>,
+}
+
+impl std::fmt::Debug for TokenService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenService")
+            .field("cfg", &self.cfg)
+            .field("keys", &self.keys())
+            .finish_non_exhaustive()
+    }
+}
+
+// `Rejection` is returned by value on purpose: it is the audit record of a refusal,
+// built on the cold path, and callers move its fields straight into an event.
+#[allow(clippy::result_large_err)]
+impl TokenService {
+    pub fn new(
+        keys: KeyRing,
+        cfg: TokenConfig,
+        revocations: Arc<dyn RevocationStore>,
+        refresh: Arc<dyn RefreshStore>,
+    ) -> Self {
+        let validations = Alg::ALL.iter().map(|a| validation_for(*a, &cfg)).collect();
+        TokenService {
+            keys: RwLock::new(keys),
+            cfg,
+            validations,
+            revocations,
+            refresh,
+        }
+    }
+
+    pub fn config(&self) -> &TokenConfig {
+        &self.cfg
+    }
+
+    // A panic while holding the lock cannot leave the ring half-updated (every
+    // mutation is a single insert or field store), so a poisoned lock is still usable.
+    fn read_keys(&self) -> RwLockReadGuard<'_, KeyRing> {
+        self.keys.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write_keys(&self) -> RwLockWriteGuard<'_, KeyRing> {
+        self.keys.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn leeway_secs(&self) -> i64 {
+        TokenConfig::secs(self.cfg.leeway)
+    }
+
+    /// How long a family revocation must be kept: until every access token of the
+    /// family has expired, leeway included.
+    fn family_revocation_until(&self, now: i64) -> i64 {
+        now.saturating_add(TokenConfig::secs(self.cfg.access_ttl))
+            .saturating_add(self.leeway_secs())
+    }
+
+    /// Signs a new access token with the active key.
+    pub fn issue_access(&self, req: &AccessRequest) -> Result<IssuedToken, IssueError> {
+        self.issue_access_at(req, unix_now())
+    }
+
+    /// [`TokenService::issue_access`] as if the time were `now` (tests, backfills).
+    pub fn issue_access_at(
+        &self,
+        req: &AccessRequest,
+        now: i64,
+    ) -> Result<IssuedToken, IssueError> {
+        if req.subject.is_empty() {
+            return Err(IssueError::InvalidRequest("subject must not be empty"));
+        }
+        if let Some(name) = req
+            .extra
+            .keys()
+            .find(|k| RESERVED_CLAIMS.contains(&k.as_str()))
+        {
+            return Err(IssueError::ReservedClaim(name.clone()));
+        }
+        let ttl = req.ttl.unwrap_or(self.cfg.access_ttl);
+        if ttl > self.cfg.access_ttl {
+            return Err(IssueError::TtlTooLong {
+                max_secs: self.cfg.access_ttl.as_secs(),
+            });
+        }
+        if ttl.as_secs() == 0 {
+            return Err(IssueError::InvalidRequest(
+                "ttl must be at least one second",
+            ));
+        }
+        let claims = Claims {
+            iss: self.cfg.issuer.clone(),
+            sub: req.subject.clone(),
+            aud: self.cfg.audience.clone(),
+            exp: now.saturating_add(TokenConfig::secs(ttl)),
+            iat: now,
+            nbf: now,
+            jti: uuid::Uuid::new_v4().to_string(),
+            username: req.username.clone(),
+            roles: req.roles.clone(),
+            client_id: req.client_id.clone(),
+            scope: req.scope.clone(),
+            sid: req.session_id.clone(),
+            extra: req.extra.clone(),
+        };
+        let payload = serde_json::to_vec(&claims)
+            .map_err(|_| IssueError::InvalidRequest("claims cannot be serialized as JSON"))?;
+
+        let keys = self.read_keys();
+        let key = keys.active_entry().ok_or(IssueError::NoSigningKey)?;
+        let header = json!({ "alg": key.alg().as_str(), "typ": "JWT", "kid": key.kid() });
+        let mut token = jws::b64url_encode(header.to_string().as_bytes());
+        token.push('.');
+        token.push_str(&jws::b64url_encode(&payload));
+        let signature = key.sign(token.as_bytes()).ok_or(IssueError::Signing)?;
+        token.push('.');
+        token.push_str(&jws::b64url_encode(&signature));
+        if token.len() > self.cfg.max_token_bytes {
+            return Err(IssueError::TooLarge {
+                len: token.len(),
+                max: self.cfg.max_token_bytes,
+            });
+        }
+        Ok(IssuedToken {
+            fingerprint: fingerprint(&token),
+            token: SecretToken::new(token),
+            jti: claims.jti,
+            kid: key.kid().to_owned(),
+            alg: key.alg(),
+            issued_at: now,
+            expires_at: claims.exp,
+        })
+    }
+
+    /// Full verification at the current time: shape, header, key, signature, claims,
+    /// times, then revocation of the `jti` and of the `sid` family.
+    pub fn verify(&self, token: &str) -> Result<VerifiedToken, Rejection> {
+        self.verify_at(token, unix_now())
+    }
+
+    /// [`TokenService::verify`] as if the time were `now`.
+    pub fn verify_at(&self, token: &str, now: i64) -> Result<VerifiedToken, Rejection> {
+        let fp = fingerprint(token);
+        let mut seen = Seen::default();
+        // The cap comes first so an enormous token costs nothing but its hash.
+        if token.len() > self.cfg.max_token_bytes {
+            let refusal = Refusal {
+                fingerprint: &fp,
+                seen: &seen,
+                jti: None,
+                subject: None,
+            };
+            return Err(refusal.no(
+                Reason::TooLarge,
+                format!("token is longer than {} bytes", self.cfg.max_token_bytes),
+            ));
+        }
+        let parsed = jws::parse(token, &mut seen);
+        let mut refusal = Refusal {
+            fingerprint: &fp,
+            seen: &seen,
+            jti: None,
+            subject: None,
+        };
+        let parsed = parsed.map_err(|(reason, msg)| refusal.no(reason, msg))?;
+        let kid = parsed
+            .kid
+            .as_deref()
+            .ok_or_else(|| refusal.no(Reason::UnknownKid, "token has no kid"))?;
+
+        let decoded = {
+            let keys = self.read_keys();
+            let key = keys
+                .get(kid)
+                .ok_or_else(|| refusal.no(Reason::UnknownKid, "kid does not name a known key"))?;
+            // The key decides the algorithm, never the header: this is what stops
+            // RS256 -> HS256 confusion and downgrades.
+            if key.alg() != parsed.alg {
+                return Err(refusal.no(
+                    Reason::AlgNotAllowed,
+                    format!("header alg differs from the key's algorithm {}", key.alg()),
+                ));
+            }
+            jsonwebtoken::decode::<Map<String, Value>>(
+                token,
+                key.decoding_key(),
+                &self.validations[parsed.alg.index()],
+            )
+        };
+        let payload = match decoded {
+            Ok(data) => data.claims,
+            Err(e) => {
+                let (reason, msg, signed) = map_jwt_error(e.kind());
+                if signed {
+                    if let Some(p) = self.payload_of(token) {
+                        (refusal.jti, refusal.subject) = ids_of(&p);
+                    }
+                }
+                return Err(refusal.no(reason, msg));
+            }
+        };
+        (refusal.jti, refusal.subject) = ids_of(&payload);
+        let claims = Claims::from_payload(payload, &self.cfg.audience)
+            .map_err(|(reason, msg)| refusal.no(reason, msg))?;
+
+        let leeway = self.leeway_secs();
+        if now >= claims.exp.saturating_add(leeway) {
+            return Err(refusal.no(Reason::Expired, "token has expired"));
+        }
+        // iat before nbf: a missing nbf defaults to iat, and a future iat is the more
+        // precise (and more suspicious) finding.
+        if claims.iat > now.saturating_add(leeway) {
+            return Err(refusal.no(
+                Reason::IssuedInFuture,
+                "token claims to be issued in the future (iat)",
+            ));
+        }
+        if claims.nbf > now.saturating_add(leeway) {
+            return Err(refusal.no(Reason::NotYetValid, "token is not valid yet (nbf)"));
+        }
+
+        let store_down = |_: StoreFailure| {
+            refusal.no(
+                Reason::StoreUnavailable,
+                "revocation store unavailable; refusing rather than skipping the revocation check",
+            )
+        };
+        if self
+            .revocations
+            .is_jti_revoked(&claims.jti)
+            .map_err(store_down)?
+        {
+            return Err(refusal.no(Reason::Revoked, "token has been revoked"));
+        }
+        if let Some(sid) = &claims.sid {
+            if self
+                .revocations
+                .is_family_revoked(sid)
+                .map_err(store_down)?
+            {
+                return Err(refusal.no(
+                    Reason::Revoked,
+                    "the token's session (sid) has been revoked",
+                ));
+            }
+        }
+        Ok(VerifiedToken {
+            claims,
+            kid: kid.to_owned(),
+            alg: parsed.alg,
+            fingerprint: fp.clone(),
+        })
+    }
+
+    fn payload_of(&self, token: &str) -> Option<Map<String, Value>> {
+        let payload_b64 = token.split('.').nth(1)?;
+        serde_json::from_slice(&jws::b64url_decode(payload_b64)?).ok()
+    }
+
+    /// Checks only the header rules and the signature, with the key `kid` given here
+    /// (the header's `kid` is not consulted), and returns the raw payload bytes.
+    ///
+    /// No claim is checked: this is for conformance tests against published vectors
+    /// and for diagnostics, never for authorisation.
+    pub fn verify_signature_only(&self, token: &str, kid: &str) -> Result<Vec<u8>, Rejection> {
+        let fp = fingerprint(token);
+        let mut seen = Seen::default();
+        let no = |seen: &Seen, reason, msg: &str| {
+            Refusal {
+                fingerprint: &fp,
+                seen,
+                jti: None,
+                subject: None,
+            }
+            .no(reason, msg)
+        };
+        if token.len() > self.cfg.max_token_bytes {
+            return Err(no(&seen, Reason::TooLarge, "token is too long"));
+        }
+        let parsed = match jws::parse(token, &mut seen) {
+            Ok(p) => p,
+            Err((reason, msg)) => return Err(no(&seen, reason, msg)),
+        };
+        let keys = self.read_keys();
+        let key = keys
+            .get(kid)
+            .ok_or_else(|| no(&seen, Reason::UnknownKid, "kid does not name a known key"))?;
+        if key.alg() != parsed.alg {
+            return Err(no(
+                &seen,
+                Reason::AlgNotAllowed,
+                "header alg differs from the key's algorithm",
+            ));
+        }
+        match jsonwebtoken::crypto::verify(
+            parsed.signature,
+            parsed.signing_input.as_bytes(),
+            key.decoding_key(),
+            parsed.alg.jwt_algorithm(),
+        ) {
+            Ok(true) => {}
+            Ok(false) => return Err(no(&seen, Reason::BadSignature, "signature does not verify")),
+            Err(_) => {
+                return Err(no(
+                    &seen,
+                    Reason::Malformed,
+                    "signature is not canonical base64url",
+                ))
+            }
+        }
+        let payload_b64 = parsed
+            .signing_input
+            .split_once('.')
+            .map(|(_, p)| p)
+            .unwrap_or("");
+        jws::b64url_decode(payload_b64).ok_or_else(|| {
+            no(
+                &seen,
+                Reason::Malformed,
+                "payload is not canonical base64url",
+            )
+        })
+    }
+
+    /// Issues a refresh token for `subject`, in `family_id` or in a new family.
+    pub fn issue_refresh(
+        &self,
+        subject: &str,
+        username: Option<&str>,
+        client_id: Option<&str>,
+        scope: Option<&str>,
+        family_id: Option<&str>,
+    ) -> Result<IssuedRefresh, IssueError> {
+        let family = family_id.map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned);
+        self.issue_refresh_at(subject, username, client_id, scope, family, unix_now())
+    }
+
+    fn issue_refresh_at(
+        &self,
+        subject: &str,
+        username: Option<&str>,
+        client_id: Option<&str>,
+        scope: Option<&str>,
+        family_id: String,
+        now: i64,
+    ) -> Result<IssuedRefresh, IssueError> {
+        if subject.is_empty() {
+            return Err(IssueError::InvalidRequest("subject must not be empty"));
+        }
+        let mut raw = zeroize::Zeroizing::new([0u8; 32]);
+        SystemRandom::new()
+            .fill(&mut raw[..])
+            .map_err(|_| IssueError::Random)?;
+        let value = jws::b64url_encode(&raw[..]);
+        let expires_at = now.saturating_add(TokenConfig::secs(self.cfg.refresh_ttl));
+        self.refresh.insert(&RefreshRecord {
+            token_hash: sha256_hex(&value),
+            family_id: family_id.clone(),
+            subject: subject.to_owned(),
+            username: username.map(str::to_owned),
+            client_id: client_id.map(str::to_owned),
+            scope: scope.map(str::to_owned),
+            issued_at: now,
+            expires_at,
+            used_at: None,
+            revoked: false,
+        })?;
+        Ok(IssuedRefresh {
+            fingerprint: fingerprint(&value),
+            token: SecretToken::new(value),
+            family_id,
+            expires_at,
+        })
+    }
+
+    /// Exchanges a refresh token for a new one of the same family (one-time use).
+    ///
+    /// Presenting a token that was already exchanged revokes the whole family, both
+    /// its refresh tokens and (through `sid`) its access tokens, and answers
+    /// [`RefreshError::Reused`]. If that revocation cannot be stored the answer is
+    /// [`RefreshError::Store`], so the failure is not mistaken for a handled reuse.
+    /// A token bound to a client must be presented by that client (`None` matches
+    /// only a token issued without a client).
+    pub fn rotate_refresh(
+        &self,
+        presented: &str,
+        client_id: Option<&str>,
+    ) -> Result<RotatedRefresh, RefreshError> {
+        self.rotate_refresh_at(presented, client_id, unix_now())
+    }
+
+    /// [`TokenService::rotate_refresh`] as if the time were `now`.
+    pub fn rotate_refresh_at(
+        &self,
+        presented: &str,
+        client_id: Option<&str>,
+        now: i64,
+    ) -> Result<RotatedRefresh, RefreshError> {
+        let hash = sha256_hex(presented);
+        let rec = self.refresh.find(&hash)?.ok_or(RefreshError::Unknown)?;
+        if rec.revoked {
+            return Err(RefreshError::Revoked);
+        }
+        if rec.client_id.as_deref() != client_id {
+            return Err(RefreshError::ClientMismatch);
+        }
+        // Reuse is checked before expiry: an old token replayed after it expired is
+        // still evidence that the family leaked.
+        if rec.used_at.is_some() {
+            return Err(self.family_reused(&rec, now));
+        }
+        if now >= rec.expires_at {
+            return Err(RefreshError::Expired);
+        }
+        if !self.refresh.mark_used(&hash, now)? {
+            // Lost the race against a concurrent exchange of the same token.
+            return Err(self.family_reused(&rec, now));
+        }
+        let refresh = self.issue_refresh_at(
+            &rec.subject,
+            rec.username.as_deref(),
+            rec.client_id.as_deref(),
+            rec.scope.as_deref(),
+            rec.family_id.clone(),
+            now,
+        )?;
+        Ok(RotatedRefresh {
+            refresh,
+            subject: rec.subject,
+            username: rec.username,
+            client_id: rec.client_id,
+            scope: rec.scope,
+            family_id: rec.family_id,
+        })
+    }
+
+    fn family_reused(&self, rec: &RefreshRecord, now: i64) -> RefreshError {
+        if let Err(e) = self.end_family(&rec.family_id, now) {
+            return RefreshError::Store(e);
+        }
+        RefreshError::Reused {
+            family_id: rec.family_id.clone(),
+            subject: rec.subject.clone(),
+        }
+    }
+
+    fn end_family(&self, family_id: &str, now: i64) -> Result<(), StoreFailure> {
+        self.refresh.revoke_family(family_id)?;
+        self.revocations
+            .revoke_family(family_id, self.family_revocation_until(now))
+    }
+
+    /// Revokes one access token; `expires_at` is its `exp` (the entry is kept that
+    /// long, plus the leeway).
+    pub fn revoke_access(&self, jti: &str, expires_at: i64) -> Result<(), StoreFailure> {
+        self.revocations
+            .revoke_jti(jti, expires_at.saturating_add(self.leeway_secs()))
+    }
+
+    /// RFC 7009 revocation of a refresh token: ends its whole family, including the
+    /// family's access tokens. Returns the family, or `None` for an unknown token
+    /// (which RFC 7009 still answers with 200).
+    pub fn revoke_refresh(&self, presented: &str) -> Result<Option<String>, StoreFailure> {
+        let Some(rec) = self.refresh.find(&sha256_hex(presented))? else {
+            return Ok(None);
+        };
+        self.end_family(&rec.family_id, unix_now())?;
+        Ok(Some(rec.family_id))
+    }
+
+    /// Every key, newest first.
+    pub fn keys(&self) -> Vec<KeyInfo> {
+        self.read_keys().keys()
+    }
+
+    /// Generates a new active key of `alg`; older keys keep verifying. The key is
+    /// generated before the write lock is taken, so verification is not stalled by
+    /// RSA key generation.
+    pub fn rotate_keys(&self, alg: Alg) -> Result<KeyInfo, KeyError> {
+        let dir = self.read_keys().dir().to_owned();
+        let now = unix_now();
+        let entry = generate_entry(&dir, alg, now)?;
+        self.write_keys().install_active(entry, now)
+    }
+
+    /// Drops retired keys no live token can still need (retired longer than
+    /// `access_ttl` plus the leeway ago). Returns their kids.
+    pub fn prune_retired_keys(&self, now: i64) -> Result<Vec<String>, KeyError> {
+        let keep = TokenConfig::secs(self.cfg.access_ttl).saturating_add(self.leeway_secs());
+        self.write_keys().prune_retired(now, keep)
+    }
+
+    /// The public JWK Set (RFC 7517).
+    pub fn jwks(&self) -> Value {
+        self.read_keys().jwks()
+    }
+
+    /// See [`KeyRing::public_key_pem`].
+    pub fn public_key_pem(&self, kid: &str) -> Option<String> {
+        self.read_keys().public_key_pem(kid)
+    }
+}
