@@ -15,7 +15,13 @@ pub fn binary() -> &'static Path {
     BIN.get_or_init(|| {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let out = Command::new(cargo)
-            .args(["build", "-p", "tokenwatch", "--bin", "tokenwatch", "--message-format=json"])
+            .args([
+                // The whole workspace, so the built-in detector plugins land
+                // beside the binary exactly as after the README's command.
+                "build",
+                "--workspace",
+                "--message-format=json",
+            ])
             .current_dir(workspace_root())
             .stderr(Stdio::inherit())
             .output()
@@ -27,7 +33,7 @@ pub fn binary() -> &'static Path {
             .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
             .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == "tokenwatch")
             .filter_map(|m| m["executable"].as_str().map(PathBuf::from))
-            .last()
+            .next_back()
             .expect("cargo reported no tokenwatch executable")
     })
 }
@@ -222,7 +228,9 @@ pub fn all_file_bytes(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else { continue };
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
         for e in entries.flatten() {
             let p = e.path();
             if p.is_dir() {

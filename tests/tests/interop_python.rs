@@ -27,7 +27,12 @@ fn python_with_pyjwt() -> bool {
 }
 
 fn python(script: &str, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new("python3").arg("-c").arg(script).args(args).output().expect("python3");
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .args(args)
+        .output()
+        .expect("python3");
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -60,21 +65,40 @@ fn pyjwt_verifies_our_tokens_and_we_verify_pyjwt_hs256() {
     let (_tmp, dir) = data_dir();
     std::fs::create_dir_all(&dir).unwrap();
     let shared = "a-shared-secret-of-at-least-32-bytes-for-hs256";
-    let out = cli(&dir, &["keys", "import-hmac", "--kid", "pyjwt-shared", "--alg", "HS256", "--secret-stdin"], shared);
+    let out = cli(
+        &dir,
+        &[
+            "keys",
+            "import-hmac",
+            "--kid",
+            "pyjwt-shared",
+            "--alg",
+            "HS256",
+            "--secret-stdin",
+        ],
+        shared,
+    );
     assert_eq!(out.status, 0, "{}", out.stderr);
 
     let s = Server::start(&dir);
     let password = s.admin_password.clone().unwrap();
     let login: Value = http()
         .post(s.url("/oauth/token"))
-        .form(&[("grant_type", "password"), ("username", "admin"), ("password", password.as_str())])
+        .form(&[
+            ("grant_type", "password"),
+            ("username", "admin"),
+            ("password", password.as_str()),
+        ])
         .send()
         .unwrap()
         .json()
         .unwrap();
     let access = login["access_token"].as_str().unwrap();
 
-    let (ok, stdout, stderr) = python(VERIFY_WITH_JWKS, &[access, &s.url("/.well-known/jwks.json")]);
+    let (ok, stdout, stderr) = python(
+        VERIFY_WITH_JWKS,
+        &[access, &s.url("/.well-known/jwks.json")],
+    );
     assert!(ok, "PyJWT refused our token: {stderr}");
     let claims: Value = serde_json::from_str(stdout.trim()).unwrap();
     assert_eq!(claims["username"], "admin");
@@ -82,13 +106,28 @@ fn pyjwt_verifies_our_tokens_and_we_verify_pyjwt_hs256() {
     let (ok, stdout, stderr) = python(SIGN_HS256, &[shared, "pyjwt-shared"]);
     assert!(ok, "{stderr}");
     let py_token = stdout.trim();
-    let resp = http().get(s.url("/api/v1/me")).bearer_auth(py_token).send().unwrap();
-    assert_eq!(resp.status(), 200, "a PyJWT HS256 token with the shared secret verifies");
+    let resp = http()
+        .get(s.url("/api/v1/me"))
+        .bearer_auth(py_token)
+        .send()
+        .unwrap();
+    assert_eq!(
+        resp.status(),
+        200,
+        "a PyJWT HS256 token with the shared secret verifies"
+    );
     assert_eq!(resp.json::<Value>().unwrap()["sub"], "py-service");
 
     // The same token signed with another secret is refused.
-    let (_, stdout, _) = python(SIGN_HS256, &["another-secret-of-at-least-32-bytes-long!", "pyjwt-shared"]);
-    let resp = http().get(s.url("/api/v1/me")).bearer_auth(stdout.trim()).send().unwrap();
+    let (_, stdout, _) = python(
+        SIGN_HS256,
+        &["another-secret-of-at-least-32-bytes-long!", "pyjwt-shared"],
+    );
+    let resp = http()
+        .get(s.url("/api/v1/me"))
+        .bearer_auth(stdout.trim())
+        .send()
+        .unwrap();
     assert_eq!(resp.status(), 401);
 }
 
@@ -96,7 +135,13 @@ fn pyjwt_verifies_our_tokens_and_we_verify_pyjwt_hs256() {
 fn cli_issue_and_verify() {
     let (_tmp, dir) = data_dir();
     std::fs::create_dir_all(&dir).unwrap();
-    let out = cli(&dir, &["token", "issue", "--sub", "svc-1", "--ttl", "60", "--role", "user"], "");
+    let out = cli(
+        &dir,
+        &[
+            "token", "issue", "--sub", "svc-1", "--ttl", "60", "--role", "user",
+        ],
+        "",
+    );
     assert_eq!(out.status, 0, "{}", out.stderr);
     let token = out.stdout.trim().to_string();
     assert_eq!(token.matches('.').count(), 2);
@@ -121,12 +166,20 @@ fn cli_issue_and_verify() {
     let out = cli(&dir, &["keys", "rotate"], "");
     assert_eq!(out.status, 0, "{}", out.stderr);
     let out = cli(&dir, &["token", "verify"], &token);
-    assert_eq!(out.status, 0, "a token signed before rotation still verifies: {}", out.stdout);
+    assert_eq!(
+        out.status, 0,
+        "a token signed before rotation still verifies: {}",
+        out.stdout
+    );
     let out = cli(&dir, &["keys", "list"], "");
     assert_eq!(out.stdout.lines().count(), 2, "{}", out.stdout);
     assert!(out.stdout.contains("active") && out.stdout.contains("verify-only"));
 
-    let out = cli(&dir, &["users", "add", "shorty", "--password-stdin"], "short");
+    let out = cli(
+        &dir,
+        &["users", "add", "shorty", "--password-stdin"],
+        "short",
+    );
     assert_ne!(out.status, 0);
     assert!(out.stderr.contains("at least 12"), "{}", out.stderr);
 }

@@ -558,7 +558,10 @@ mod tests {
         assert!(i.escalate(Severity::High, 7));
         assert!(!i.close_if_quiet(10, 5));
         assert!(i.close_if_quiet(12, 5));
-        assert!(i.escalate(Severity::Medium, 20), "a new incident raises again");
+        assert!(
+            i.escalate(Severity::Medium, 20),
+            "a new incident raises again"
+        );
     }
 
     #[test]

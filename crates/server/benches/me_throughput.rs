@@ -15,7 +15,10 @@ use token_core::AccessRequest;
 use tokenwatch::config::{FileConfig, Overrides, Settings};
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
     let seconds: u64 = args.first().and_then(|s| s.parse().ok()).unwrap_or(5);
     let connections: usize = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(32);
 

@@ -123,7 +123,8 @@ where
     actix_web::dev::forward_ready!(inner);
 
     fn call(&self, req: ServiceRequest) -> Self::Future {
-        let meta = RequestMeta::from_parts(req.peer_addr(), req.headers(), req.method(), req.path());
+        let meta =
+            RequestMeta::from_parts(req.peer_addr(), req.headers(), req.method(), req.path());
         let decision = match presented_token(&req) {
             Presented::Missing => Err(None),
             Presented::Token(t) => self.config.tokens.verify(t).map_err(Some),
@@ -165,8 +166,12 @@ where
             }
             match decision {
                 Ok(verified) => {
-                    req.extensions_mut().insert(Authenticated(Arc::new(verified)));
-                    inner.call(req).await.map(ServiceResponse::map_into_left_body)
+                    req.extensions_mut()
+                        .insert(Authenticated(Arc::new(verified)));
+                    inner
+                        .call(req)
+                        .await
+                        .map(ServiceResponse::map_into_left_body)
                 }
                 Err(rejection) => {
                     let challenge = match &rejection {
@@ -177,8 +182,12 @@ where
                         ),
                     };
                     let body = match &rejection {
-                        None => json!({ "error": "unauthorized", "error_description": "a bearer token is required" }),
-                        Some(r) => json!({ "error": "invalid_token", "error_description": r.reason.as_str() }),
+                        None => {
+                            json!({ "error": "unauthorized", "error_description": "a bearer token is required" })
+                        }
+                        Some(r) => {
+                            json!({ "error": "invalid_token", "error_description": r.reason.as_str() })
+                        }
                     };
                     let resp = HttpResponse::Unauthorized()
                         .insert_header((header::WWW_AUTHENTICATE, challenge))

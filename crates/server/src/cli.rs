@@ -10,7 +10,11 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use crate::config::{FileConfig, Overrides, Settings};
 
 #[derive(Parser, Debug)]
-#[command(name = "tokenwatch", version, about = "Issue and verify JWTs, audit every decision, detect attacks on them")]
+#[command(
+    name = "tokenwatch",
+    version,
+    about = "Issue and verify JWTs, audit every decision, detect attacks on them"
+)]
 pub struct Cli {
     /// Configuration file (default: ./tokenwatch.toml when it exists).
     #[arg(long, global = true, env = "TOKENWATCH_CONFIG")]

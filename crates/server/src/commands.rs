@@ -7,7 +7,10 @@ use audit_store::{kinds, AuditStore, NewEvent, Outcome};
 use serde_json::json;
 use token_core::{AccessRequest, Alg, KeyRing, TokenService};
 
-use crate::cli::{self, AuditCmd, ClientKindArg, ClientsCmd, ExportArgs, ExportWhat, KeysCmd, RoleArg, TokenCmd, UsersCmd};
+use crate::cli::{
+    self, AuditCmd, ClientKindArg, ClientsCmd, ExportArgs, ExportWhat, KeysCmd, RoleArg, TokenCmd,
+    UsersCmd,
+};
 use crate::config::Settings;
 use crate::datadir::DataDirLock;
 use crate::state::{ClientKind, Role, StateDb};
@@ -63,16 +66,29 @@ pub fn users(settings: &Settings, cmd: UsersCmd) -> Result<()> {
             let session = AdminSession::open(settings)?;
             let state = StateDb::open(&settings.state_db_path())?;
             let user = state.add_user(&name, role, &password)?;
-            session.record("users add", Outcome::Success, json!({ "user": user.username, "role": role.as_str(), "subject": user.subject }))?;
+            session.record(
+                "users add",
+                Outcome::Success,
+                json!({ "user": user.username, "role": role.as_str(), "subject": user.subject }),
+            )?;
             session.close()?;
-            cli::print_line(&format!("added user {} ({}), subject {}", user.username, role.as_str(), user.subject))
+            cli::print_line(&format!(
+                "added user {} ({}), subject {}",
+                user.username,
+                role.as_str(),
+                user.subject
+            ))
         }
     }
 }
 
 pub fn clients(settings: &Settings, cmd: ClientsCmd) -> Result<()> {
     match cmd {
-        ClientsCmd::Add { client_id, kind, scope } => {
+        ClientsCmd::Add {
+            client_id,
+            kind,
+            scope,
+        } => {
             let kind = match kind {
                 ClientKindArg::Confidential => ClientKind::Confidential,
                 ClientKindArg::ResourceServer => ClientKind::ResourceServer,
@@ -80,7 +96,11 @@ pub fn clients(settings: &Settings, cmd: ClientsCmd) -> Result<()> {
             let session = AdminSession::open(settings)?;
             let state = StateDb::open(&settings.state_db_path())?;
             let secret = state.add_client(&client_id, kind, scope.as_deref())?;
-            session.record("clients add", Outcome::Success, json!({ "client_id": client_id, "kind": kind.as_str() }))?;
+            session.record(
+                "clients add",
+                Outcome::Success,
+                json!({ "client_id": client_id, "kind": kind.as_str() }),
+            )?;
             session.close()?;
             cli::print_line(&format!("client_id: {client_id}"))?;
             cli::print_line(&format!("client_secret: {secret}"))?;
@@ -93,12 +113,22 @@ pub fn clients(settings: &Settings, cmd: ClientsCmd) -> Result<()> {
 pub fn token_service(settings: &Settings, state: Arc<StateDb>) -> Result<TokenService> {
     let keys = KeyRing::load_or_create(&settings.jwt_key_dir(), settings.signing_alg)
         .context("loading the signing keys")?;
-    Ok(TokenService::new(keys, settings.token_config(), state.clone(), state))
+    Ok(TokenService::new(
+        keys,
+        settings.token_config(),
+        state.clone(),
+        state,
+    ))
 }
 
 pub fn token(settings: &Settings, cmd: TokenCmd) -> Result<()> {
     match cmd {
-        TokenCmd::Issue { sub, ttl, username, roles } => {
+        TokenCmd::Issue {
+            sub,
+            ttl,
+            username,
+            roles,
+        } => {
             let session = AdminSession::open(settings)?;
             let state = Arc::new(StateDb::open(&settings.state_db_path())?);
             let tokens = token_service(settings, state)?;
@@ -122,7 +152,8 @@ pub fn token(settings: &Settings, cmd: TokenCmd) -> Result<()> {
             ev.alg = Some(issued.alg.as_str().to_string());
             ev.token_fp = Some(issued.fingerprint.clone());
             ev.method = Some("CLI".into());
-            ev.detail = json!({ "via": "cli", "operator": operator(), "expires_at": issued.expires_at });
+            ev.detail =
+                json!({ "via": "cli", "operator": operator(), "expires_at": issued.expires_at });
             session.store.writer().record_blocking(ev)?;
             session.close()?;
             cli::print_line(issued.token.expose())
@@ -157,7 +188,9 @@ pub fn keys(settings: &Settings, cmd: KeysCmd) -> Result<()> {
                     k.alg.as_str(),
                     if k.active { "active" } else { "verify-only" },
                     k.created_at,
-                    k.retired_at.map(|r| format!(", retired {r}")).unwrap_or_default()
+                    k.retired_at
+                        .map(|r| format!(", retired {r}"))
+                        .unwrap_or_default()
                 ))?;
             }
             Ok(())
@@ -170,12 +203,22 @@ pub fn keys(settings: &Settings, cmd: KeysCmd) -> Result<()> {
             let session = AdminSession::open(settings)?;
             let mut keys = KeyRing::load_or_create(&settings.jwt_key_dir(), settings.signing_alg)?;
             let info = keys.rotate(alg)?;
-            session.record("keys rotate", Outcome::Success, json!({ "kid": info.kid, "alg": info.alg.as_str() }))?;
+            session.record(
+                "keys rotate",
+                Outcome::Success,
+                json!({ "kid": info.kid, "alg": info.alg.as_str() }),
+            )?;
             session.close()?;
-            cli::print_line(&format!("new active key {} ({})", info.kid, info.alg.as_str()))
+            cli::print_line(&format!(
+                "new active key {} ({})",
+                info.kid,
+                info.alg.as_str()
+            ))
         }
         KeysCmd::ImportHmac { kid, alg, .. } => {
-            let alg: Alg = alg.parse().map_err(|_| anyhow!("unknown algorithm {alg:?}"))?;
+            let alg: Alg = alg
+                .parse()
+                .map_err(|_| anyhow!("unknown algorithm {alg:?}"))?;
             if !matches!(alg, Alg::HS256 | Alg::HS384 | Alg::HS512) {
                 bail!("import-hmac takes HS256, HS384 or HS512");
             }
@@ -183,9 +226,17 @@ pub fn keys(settings: &Settings, cmd: KeysCmd) -> Result<()> {
             let session = AdminSession::open(settings)?;
             let mut keys = KeyRing::load_or_create(&settings.jwt_key_dir(), settings.signing_alg)?;
             let info = keys.import_hmac(&kid, alg, secret.as_bytes())?;
-            session.record("keys import-hmac", Outcome::Success, json!({ "kid": info.kid, "alg": info.alg.as_str() }))?;
+            session.record(
+                "keys import-hmac",
+                Outcome::Success,
+                json!({ "kid": info.kid, "alg": info.alg.as_str() }),
+            )?;
             session.close()?;
-            cli::print_line(&format!("imported verification key {} ({})", info.kid, info.alg.as_str()))
+            cli::print_line(&format!(
+                "imported verification key {} ({})",
+                info.kid,
+                info.alg.as_str()
+            ))
         }
     }
 }
@@ -193,7 +244,8 @@ pub fn keys(settings: &Settings, cmd: KeysCmd) -> Result<()> {
 pub fn audit(settings: &Settings, cmd: AuditCmd) -> Result<()> {
     match cmd {
         AuditCmd::Verify => {
-            let report = audit_store::verify_chain(&settings.store_config()).context("verifying the audit chain")?;
+            let report = audit_store::verify_chain(&settings.store_config())
+                .context("verifying the audit chain")?;
             cli::print_line(&report.to_string())?;
             if report.first_problem.is_some() {
                 std::process::exit(1);

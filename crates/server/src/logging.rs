@@ -10,7 +10,8 @@ use tracing_subscriber::{fmt, EnvFilter};
 
 /// Keep the returned guard alive for as long as logs should be flushed.
 pub fn init(data_dir: Option<&Path>, level: &str) -> Option<WorkerGuard> {
-    let filter = EnvFilter::try_from_env("TOKENWATCH_LOG").unwrap_or_else(|_| EnvFilter::new(level));
+    let filter =
+        EnvFilter::try_from_env("TOKENWATCH_LOG").unwrap_or_else(|_| EnvFilter::new(level));
     let console = fmt::layer().with_writer(std::io::stderr).with_target(false);
     match data_dir {
         Some(dir) => {

@@ -15,7 +15,11 @@ impl Metrics {
             audit_store::Outcome::Success => "success",
             audit_store::Outcome::Failure => "failure",
         };
-        let key = (ev.kind.clone(), outcome, ev.reason.clone().unwrap_or_default());
+        let key = (
+            ev.kind.clone(),
+            outcome,
+            ev.reason.clone().unwrap_or_default(),
+        );
         *self
             .events
             .lock()
@@ -28,11 +32,8 @@ impl Metrics {
         let mut out = String::new();
         out.push_str("# HELP tokenwatch_decisions_total Audit events recorded by this server process, by kind, outcome and reason.\n");
         out.push_str("# TYPE tokenwatch_decisions_total counter\n");
-        for ((kind, outcome, reason), n) in self
-            .events
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
+        for ((kind, outcome, reason), n) in
+            self.events.lock().unwrap_or_else(|p| p.into_inner()).iter()
         {
             let _ = writeln!(
                 out,

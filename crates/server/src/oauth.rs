@@ -52,11 +52,22 @@ impl ResponseError for OAuthError {
     fn error_response(&self) -> HttpResponse {
         let (code, description) = match self {
             OAuthError::InvalidRequest(d) => ("invalid_request", Some(d.as_str())),
-            OAuthError::InvalidClient { .. } => ("invalid_client", Some("client authentication failed")),
-            OAuthError::InvalidGrant => ("invalid_grant", Some("the credentials or grant are invalid, expired or revoked")),
-            OAuthError::UnauthorizedClient => ("unauthorized_client", Some("this client may not use this grant")),
+            OAuthError::InvalidClient { .. } => {
+                ("invalid_client", Some("client authentication failed"))
+            }
+            OAuthError::InvalidGrant => (
+                "invalid_grant",
+                Some("the credentials or grant are invalid, expired or revoked"),
+            ),
+            OAuthError::UnauthorizedClient => (
+                "unauthorized_client",
+                Some("this client may not use this grant"),
+            ),
             OAuthError::UnsupportedGrantType => ("unsupported_grant_type", None),
-            OAuthError::Unavailable => ("temporarily_unavailable", Some("the audit store cannot record this decision; try again later")),
+            OAuthError::Unavailable => (
+                "temporarily_unavailable",
+                Some("the audit store cannot record this decision; try again later"),
+            ),
         };
         let mut body = json!({ "error": code });
         if let Some(d) = description {
@@ -66,7 +77,10 @@ impl ResponseError for OAuthError {
         resp.insert_header((header::CACHE_CONTROL, "no-store"))
             .insert_header((header::PRAGMA, "no-cache"));
         if let OAuthError::InvalidClient { via_basic: true } = self {
-            resp.insert_header((header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"tokenwatch\"")));
+            resp.insert_header((
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"tokenwatch\""),
+            ));
         }
         resp.json(body)
     }
@@ -77,19 +91,25 @@ struct Form(HashMap<String, String>);
 
 impl Form {
     fn parse(body: &[u8]) -> Result<Form, OAuthError> {
-        let pairs: Vec<(String, String)> = serde_urlencoded::from_bytes(body)
-            .map_err(|_| OAuthError::InvalidRequest("the body must be application/x-www-form-urlencoded".into()))?;
+        let pairs: Vec<(String, String)> = serde_urlencoded::from_bytes(body).map_err(|_| {
+            OAuthError::InvalidRequest("the body must be application/x-www-form-urlencoded".into())
+        })?;
         let mut map = HashMap::with_capacity(pairs.len());
         for (k, v) in pairs {
             if map.insert(k.clone(), v).is_some() {
-                return Err(OAuthError::InvalidRequest(format!("parameter {k:?} is repeated")));
+                return Err(OAuthError::InvalidRequest(format!(
+                    "parameter {k:?} is repeated"
+                )));
             }
         }
         Ok(Form(map))
     }
 
     fn get(&self, key: &str) -> Option<&str> {
-        self.0.get(key).map(String::as_str).filter(|v| !v.is_empty())
+        self.0
+            .get(key)
+            .map(String::as_str)
+            .filter(|v| !v.is_empty())
     }
 
     fn require(&self, key: &str) -> Result<&str, OAuthError> {
@@ -112,9 +132,9 @@ fn presented_client(req: &HttpRequest, form: &Form) -> Result<Option<PresentedCl
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Basic "));
     match (basic, form.get("client_id")) {
-        (Some(_), Some(_)) if form.get("client_secret").is_some() => Err(OAuthError::InvalidRequest(
-            "use one client authentication method, not two".into(),
-        )),
+        (Some(_), Some(_)) if form.get("client_secret").is_some() => Err(
+            OAuthError::InvalidRequest("use one client authentication method, not two".into()),
+        ),
         (Some(encoded), _) => {
             let decoded = base64::engine::general_purpose::STANDARD
                 .decode(encoded.trim())
@@ -183,7 +203,11 @@ async fn authenticate_client(
     }
 }
 
-fn token_response(access: &IssuedToken, refresh: Option<&IssuedRefresh>, scope: Option<&str>) -> HttpResponse {
+fn token_response(
+    access: &IssuedToken,
+    refresh: Option<&IssuedRefresh>,
+    scope: Option<&str>,
+) -> HttpResponse {
     let mut body = json!({
         "access_token": access.token.expose(),
         "token_type": "Bearer",
@@ -201,7 +225,13 @@ fn token_response(access: &IssuedToken, refresh: Option<&IssuedRefresh>, scope: 
         .json(body)
 }
 
-fn issued_event(meta: &RequestMeta, kind: &str, t: &IssuedToken, subject: &str, username: Option<&str>) -> NewEvent {
+fn issued_event(
+    meta: &RequestMeta,
+    kind: &str,
+    t: &IssuedToken,
+    subject: &str,
+    username: Option<&str>,
+) -> NewEvent {
     let mut ev = meta.event(kind, Outcome::Success);
     ev.subject = Some(subject.to_string());
     ev.username = username.map(str::to_string);
@@ -212,7 +242,11 @@ fn issued_event(meta: &RequestMeta, kind: &str, t: &IssuedToken, subject: &str, 
     ev
 }
 
-pub async fn token(req: HttpRequest, body: web::Bytes, data: Data) -> Result<HttpResponse, OAuthError> {
+pub async fn token(
+    req: HttpRequest,
+    body: web::Bytes,
+    data: Data,
+) -> Result<HttpResponse, OAuthError> {
     let meta = RequestMeta::from_request(&req);
     let form = Form::parse(&body)?;
     let client = match presented_client(&req, &form)? {
@@ -234,8 +268,16 @@ enum LoginCheck {
     Disabled,
 }
 
-async fn password_grant(data: &Data, meta: &RequestMeta, form: &Form, client: Option<Client>) -> Result<HttpResponse, OAuthError> {
-    if client.as_ref().is_some_and(|c| c.kind != ClientKind::Confidential) {
+async fn password_grant(
+    data: &Data,
+    meta: &RequestMeta,
+    form: &Form,
+    client: Option<Client>,
+) -> Result<HttpResponse, OAuthError> {
+    if client
+        .as_ref()
+        .is_some_and(|c| c.kind != ClientKind::Confidential)
+    {
         return Err(OAuthError::UnauthorizedClient);
     }
     let username = form.require("username")?.to_string();
@@ -249,7 +291,9 @@ async fn password_grant(data: &Data, meta: &RequestMeta, form: &Form, client: Op
                 passwords::verify_against_dummy(&password);
                 LoginCheck::UnknownUser
             }
-            Some(user) if !passwords::verify(&password, &user.password_hash) => LoginCheck::BadPassword,
+            Some(user) if !passwords::verify(&password, &user.password_hash) => {
+                LoginCheck::BadPassword
+            }
             Some(user) if user.disabled => LoginCheck::Disabled,
             Some(user) => LoginCheck::Ok(user),
         })
@@ -284,10 +328,21 @@ async fn password_grant(data: &Data, meta: &RequestMeta, form: &Form, client: Op
     let (u, cid, sc) = (user.clone(), client_id.clone(), scope.clone());
     let (access, refresh) = web::block(move || -> Result<_, String> {
         let refresh = tokens
-            .issue_refresh(&u.subject, Some(&u.username), cid.as_deref(), sc.as_deref(), None)
+            .issue_refresh(
+                &u.subject,
+                Some(&u.username),
+                cid.as_deref(),
+                sc.as_deref(),
+                None,
+            )
             .map_err(|e| e.to_string())?;
         let access = tokens
-            .issue_access(&access_request(&u, cid, sc, Some(refresh.family_id.clone())))
+            .issue_access(&access_request(
+                &u,
+                cid,
+                sc,
+                Some(refresh.family_id.clone()),
+            ))
             .map_err(|e| e.to_string())?;
         Ok((access, refresh))
     })
@@ -302,7 +357,13 @@ async fn password_grant(data: &Data, meta: &RequestMeta, form: &Form, client: Op
     login.subject = Some(user.subject.clone());
     login.username = Some(user.username.clone());
     login.detail = json!({ "grant_type": "password", "client_id": client_id });
-    let mut issued = issued_event(meta, kinds::TOKEN_ISSUED, &access, &user.subject, Some(&user.username));
+    let mut issued = issued_event(
+        meta,
+        kinds::TOKEN_ISSUED,
+        &access,
+        &user.subject,
+        Some(&user.username),
+    );
     issued.detail = json!({
         "grant_type": "password",
         "client_id": client_id,
@@ -314,7 +375,12 @@ async fn password_grant(data: &Data, meta: &RequestMeta, form: &Form, client: Op
     Ok(token_response(&access, Some(&refresh), scope.as_deref()))
 }
 
-fn access_request(user: &User, client_id: Option<String>, scope: Option<String>, session_id: Option<String>) -> AccessRequest {
+fn access_request(
+    user: &User,
+    client_id: Option<String>,
+    scope: Option<String>,
+    session_id: Option<String>,
+) -> AccessRequest {
     AccessRequest {
         subject: user.subject.clone(),
         username: Some(user.username.clone()),
@@ -327,7 +393,12 @@ fn access_request(user: &User, client_id: Option<String>, scope: Option<String>,
     }
 }
 
-async fn refresh_grant(data: &Data, meta: &RequestMeta, form: &Form, client: Option<Client>) -> Result<HttpResponse, OAuthError> {
+async fn refresh_grant(
+    data: &Data,
+    meta: &RequestMeta,
+    form: &Form,
+    client: Option<Client>,
+) -> Result<HttpResponse, OAuthError> {
     let presented = form.require("refresh_token")?.to_string();
     let fingerprint = token_core::fingerprint(&presented);
     let tokens = data.tokens.clone();
@@ -342,7 +413,12 @@ async fn refresh_grant(data: &Data, meta: &RequestMeta, form: &Form, client: Opt
         let access = match &user {
             Some(u) if !u.disabled => Some(
                 tokens
-                    .issue_access(&access_request(u, rotated.client_id.clone(), rotated.scope.clone(), Some(rotated.family_id.clone())))
+                    .issue_access(&access_request(
+                        u,
+                        rotated.client_id.clone(),
+                        rotated.scope.clone(),
+                        Some(rotated.family_id.clone()),
+                    ))
                     .map_err(|e| RefreshError::Store(token_core::StoreFailure(e.to_string())))?,
             ),
             _ => {
@@ -359,7 +435,13 @@ async fn refresh_grant(data: &Data, meta: &RequestMeta, form: &Form, client: Opt
 
     match outcome {
         Ok((rotated, Some(user), Some(access))) => {
-            let mut ev = issued_event(meta, kinds::TOKEN_REFRESHED, &access, &user.subject, Some(&user.username));
+            let mut ev = issued_event(
+                meta,
+                kinds::TOKEN_REFRESHED,
+                &access,
+                &user.subject,
+                Some(&user.username),
+            );
             ev.detail = json!({
                 "grant_type": "refresh_token",
                 "client_id": rotated.client_id,
@@ -369,14 +451,19 @@ async fn refresh_grant(data: &Data, meta: &RequestMeta, form: &Form, client: Opt
                 "expires_at": access.expires_at,
             });
             data.record(ev).await?;
-            Ok(token_response(&access, Some(&rotated.refresh), rotated.scope.as_deref()))
+            Ok(token_response(
+                &access,
+                Some(&rotated.refresh),
+                rotated.scope.as_deref(),
+            ))
         }
         Ok((rotated, _, _)) => {
             let mut ev = meta.event(kinds::TOKEN_REJECTED, Outcome::Failure);
             ev.reason = Some("account_disabled".into());
             ev.subject = Some(rotated.subject);
             ev.token_fp = Some(fingerprint);
-            ev.detail = json!({ "token_type": "refresh_token", "refresh_family": rotated.family_id });
+            ev.detail =
+                json!({ "token_type": "refresh_token", "refresh_family": rotated.family_id });
             data.record(ev).await?;
             Err(OAuthError::InvalidGrant)
         }
@@ -404,13 +491,21 @@ async fn refresh_grant(data: &Data, meta: &RequestMeta, form: &Form, client: Opt
     }
 }
 
-async fn client_credentials_grant(data: &Data, meta: &RequestMeta, form: &Form, client: Option<Client>) -> Result<HttpResponse, OAuthError> {
+async fn client_credentials_grant(
+    data: &Data,
+    meta: &RequestMeta,
+    form: &Form,
+    client: Option<Client>,
+) -> Result<HttpResponse, OAuthError> {
     let client = match client {
         Some(c) if c.kind == ClientKind::Confidential => c,
         Some(_) => return Err(OAuthError::UnauthorizedClient),
         None => return Err(OAuthError::InvalidClient { via_basic: false }),
     };
-    let scope = form.get("scope").map(str::to_string).or(client.scope.clone());
+    let scope = form
+        .get("scope")
+        .map(str::to_string)
+        .or(client.scope.clone());
     let req = AccessRequest {
         subject: client.client_id.clone(),
         username: None,
@@ -434,10 +529,15 @@ async fn client_credentials_grant(data: &Data, meta: &RequestMeta, form: &Form, 
 /// RFC 7662. Only an authenticated client or resource server may ask; an
 /// inactive token is answered with exactly `{"active": false}`, its reason
 /// goes only to the audit log.
-pub async fn introspect(req: HttpRequest, body: web::Bytes, data: Data) -> Result<HttpResponse, OAuthError> {
+pub async fn introspect(
+    req: HttpRequest,
+    body: web::Bytes,
+    data: Data,
+) -> Result<HttpResponse, OAuthError> {
     let meta = RequestMeta::from_request(&req);
     let form = Form::parse(&body)?;
-    let presented = presented_client(&req, &form)?.ok_or(OAuthError::InvalidClient { via_basic: false })?;
+    let presented =
+        presented_client(&req, &form)?.ok_or(OAuthError::InvalidClient { via_basic: false })?;
     let client = authenticate_client(&data, &meta, presented).await?;
     let token = form.require("token")?;
     let body = match data.tokens.verify(token) {
@@ -473,7 +573,11 @@ pub async fn introspect(req: HttpRequest, body: web::Bytes, data: Data) -> Resul
 
 /// RFC 7009. Answers 200 whether or not the token was valid, so the endpoint
 /// cannot be used to probe tokens; what happened is in the audit log.
-pub async fn revoke(req: HttpRequest, body: web::Bytes, data: Data) -> Result<HttpResponse, OAuthError> {
+pub async fn revoke(
+    req: HttpRequest,
+    body: web::Bytes,
+    data: Data,
+) -> Result<HttpResponse, OAuthError> {
     let meta = RequestMeta::from_request(&req);
     let form = Form::parse(&body)?;
     let client_id = match presented_client(&req, &form)? {
@@ -487,10 +591,12 @@ pub async fn revoke(req: HttpRequest, body: web::Bytes, data: Data) -> Result<Ht
     if looks_like_jwt && form.get("token_type_hint") != Some("refresh_token") {
         match data.tokens.verify(&token) {
             Ok(v) => {
-                data.tokens.revoke_access(&v.claims.jti, v.claims.exp).map_err(|e| {
-                    tracing::error!(error = %e, "revocation store failed");
-                    OAuthError::Unavailable
-                })?;
+                data.tokens
+                    .revoke_access(&v.claims.jti, v.claims.exp)
+                    .map_err(|e| {
+                        tracing::error!(error = %e, "revocation store failed");
+                        OAuthError::Unavailable
+                    })?;
                 ev.subject = Some(v.claims.sub.clone());
                 ev.username = v.claims.username.clone();
                 ev.jti = Some(v.claims.jti.clone());
@@ -521,5 +627,7 @@ pub async fn revoke(req: HttpRequest, body: web::Bytes, data: Data) -> Result<Ht
         ev.detail = json!({ "token_type": "refresh_token", "client_id": client_id, "refresh_family": family });
     }
     data.record(ev).await?;
-    Ok(HttpResponse::Ok().insert_header((header::CACHE_CONTROL, "no-store")).finish())
+    Ok(HttpResponse::Ok()
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .finish())
 }

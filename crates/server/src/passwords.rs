@@ -1,7 +1,9 @@
 //! argon2id password hashing for users (people choose weak passwords, so the
 //! hash must be slow) and a constant-time comparison for generated secrets.
 
-use argon2::password_hash::{rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::password_hash::{
+    rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString,
+};
 use argon2::Argon2;
 use std::sync::OnceLock;
 

@@ -20,7 +20,8 @@ use crate::state::{Role, StateDb};
 pub fn open_app_state(settings: &Settings) -> Result<web::Data<AppState>> {
     let state = Arc::new(StateDb::open(&settings.state_db_path())?);
     let tokens = Arc::new(crate::commands::token_service(settings, state.clone())?);
-    let store = Arc::new(AuditStore::open(settings.store_config()).context("opening the audit store")?);
+    let store =
+        Arc::new(AuditStore::open(settings.store_config()).context("opening the audit store")?);
     bootstrap_admin(&state, &store)?;
     Ok(web::Data::new(AppState {
         settings: settings.clone(),
@@ -47,7 +48,10 @@ pub fn run(settings: Settings) -> Result<()> {
                     .add(("X-Content-Type-Options", "nosniff"))
                     .add(("Referrer-Policy", "no-referrer"))
                     .add(("X-Frame-Options", "DENY"))
-                    .add(("Content-Security-Policy", "default-src 'none'; frame-ancestors 'none'")),
+                    .add((
+                        "Content-Security-Policy",
+                        "default-src 'none'; frame-ancestors 'none'",
+                    )),
             )
             .configure(|cfg| crate::routes::configure(cfg, &app_data))
     })

@@ -17,7 +17,10 @@ use crate::passwords;
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
     #[error("state database {path}: {source}")]
-    Open { path: String, source: rusqlite::Error },
+    Open {
+        path: String,
+        source: rusqlite::Error,
+    },
     #[error("state database: {0}")]
     Sql(#[from] rusqlite::Error),
     #[error("state database schema version {found} is newer than this tokenwatch knows ({known}); upgrade tokenwatch")]
@@ -183,7 +186,11 @@ impl StateDb {
         let conn = self.conn();
         let mut stmt = conn.prepare("SELECT kind, id, until FROM revocations WHERE until >= ?1")?;
         let rows = stmt.query_map([now], |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?))
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, i64>(2)?,
+            ))
         })?;
         let mut jti = write_lock(&self.revoked_jti);
         let mut fam = write_lock(&self.revoked_family);
@@ -268,7 +275,12 @@ impl StateDb {
     }
 
     /// Registers a client and returns its generated secret, shown once.
-    pub fn add_client(&self, client_id: &str, kind: ClientKind, scope: Option<&str>) -> Result<String, StateError> {
+    pub fn add_client(
+        &self,
+        client_id: &str,
+        kind: ClientKind,
+        scope: Option<&str>,
+    ) -> Result<String, StateError> {
         validate_name(client_id, "client id")?;
         let secret = crate::random_token(32);
         let conn = self.conn();
