@@ -24,7 +24,7 @@ use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 
-use crate::Severity;
+use crate::{Alert, Alerts, EmitError, Severity};
 
 /// Microseconds in one second.
 pub const SECOND_US: i64 = 1_000_000;
@@ -259,12 +259,15 @@ impl<V> BoundedMap<V> {
     }
 }
 
-/// The most recent events of one key: `(time_us, event id)`, oldest first,
-/// at most `cap` of them. Used both to count events within a sliding window
-/// and as the alert's evidence.
+/// The most recent events of one key: `(time_us, event id, tag)`, oldest
+/// first, at most `cap` of them. Used both to count events within a sliding
+/// window and as the alert's evidence. The optional tag (e.g. the [`Key`] of
+/// the client IP or username) lets a detector forget some of the events
+/// again ([`EventRing::remove_tag`]), e.g. failures that a later successful
+/// login from the same IP showed to be typos.
 #[derive(Clone, Debug, Default)]
 pub struct EventRing {
-    events: VecDeque<(i64, i64)>,
+    events: VecDeque<(i64, i64, u64)>,
 }
 
 impl EventRing {
@@ -275,17 +278,34 @@ impl EventRing {
 
     /// Record an event, dropping the oldest beyond `cap`.
     pub fn push(&mut self, time_us: i64, id: i64, cap: usize) {
+        self.push_tagged(time_us, id, Key(0), cap);
+    }
+
+    /// Record an event with a tag, dropping the oldest beyond `cap`.
+    pub fn push_tagged(&mut self, time_us: i64, id: i64, tag: Key, cap: usize) {
         if self.events.len() >= cap.max(1) {
             self.events.pop_front();
         }
-        self.events.push_back((time_us, id));
+        self.events.push_back((time_us, id, tag.0));
+    }
+
+    /// Forget the events recorded with `tag`; how many were dropped.
+    pub fn remove_tag(&mut self, tag: Key) -> usize {
+        let before = self.events.len();
+        self.events.retain(|e| e.2 != tag.0);
+        before - self.events.len()
     }
 
     /// Forget events older than `since_us`.
     pub fn prune(&mut self, since_us: i64) {
-        while self.events.front().is_some_and(|(t, _)| *t < since_us) {
+        while self.events.front().is_some_and(|e| e.0 < since_us) {
             self.events.pop_front();
         }
+    }
+
+    /// Forget every event.
+    pub fn clear(&mut self) {
+        self.events.clear();
     }
 
     /// Events held.
@@ -300,12 +320,12 @@ impl EventRing {
 
     /// Time of the newest event.
     pub fn newest(&self) -> Option<i64> {
-        self.events.back().map(|(t, _)| *t)
+        self.events.back().map(|e| e.0)
     }
 
     /// Event ids, oldest first.
     pub fn ids(&self) -> Vec<i64> {
-        self.events.iter().map(|(_, id)| *id).collect()
+        self.events.iter().map(|e| e.1).collect()
     }
 }
 
@@ -343,6 +363,13 @@ impl DistinctSet {
         }
         self.seen.push((key, time_us));
         true
+    }
+
+    /// Forget `key`; true when it was in the set.
+    pub fn remove(&mut self, key: Key) -> bool {
+        let before = self.seen.len();
+        self.seen.retain(|(k, _)| *k != key);
+        before != self.seen.len()
     }
 
     /// True when `key` is in the set.
@@ -412,6 +439,198 @@ impl Incident {
             return true;
         }
         false
+    }
+}
+
+/// Evidence ids queued per open incident between two updates; more are
+/// counted but not listed (the store keeps at most 1000 per alert anyway).
+pub const MAX_PENDING_EVIDENCE: usize = 64;
+
+/// What was raised for an open incident, kept to send updates.
+#[derive(Clone, Debug)]
+struct Raised {
+    rule: Box<str>,
+    severity: Severity,
+    subject: Option<Box<str>>,
+    client_ip: Option<Box<str>>,
+    group_key: Box<str>,
+    summary: Box<str>,
+    pending: Vec<i64>,
+    /// Events of the incident since the alert was first raised.
+    more: u64,
+    /// Events since the last emit whose ids did not fit in `pending`.
+    unlisted: u64,
+    reported_us: i64,
+}
+
+/// One incident's alert, raised once and then *updated*, never repeated.
+///
+/// The host stores alerts by `(detector, group_key)`: emitting again with
+/// the same group key while the analyst has not closed the alert adds the
+/// new evidence ids to it, bumps its count and keeps the highest severity.
+/// This type drives that protocol for one incident:
+///
+/// - [`raise`](Self::raise) emits the alert the first time and again only
+///   when the severity rises (an escalation);
+/// - [`add_evidence`](Self::add_evidence) queues the id of each later event
+///   of the incident (at most [`MAX_PENDING_EVIDENCE`] between updates);
+/// - [`flush_due`](Self::flush_due) (on events and on `tick`) emits an
+///   update with the queued ids at most once per `every_us`;
+/// - [`close_if_quiet`](Self::close_if_quiet) ends the incident after a
+///   quiet period, emitting a last update with whatever is still queued.
+///
+/// Nothing is allocated until an alert is raised, so idle state costs the
+/// size of an [`Incident`] plus one pointer.
+#[derive(Clone, Debug, Default)]
+pub struct IncidentAlert {
+    incident: Incident,
+    raised: Option<Box<Raised>>,
+}
+
+impl IncidentAlert {
+    /// True when an alert was raised and the incident has not ended.
+    pub fn is_open(&self) -> bool {
+        self.raised.is_some()
+    }
+
+    /// Severity raised so far in this incident.
+    pub fn raised(&self) -> Option<Severity> {
+        self.incident.raised()
+    }
+
+    /// Note activity that keeps the incident open, without evidence.
+    pub fn touch(&mut self, now_us: i64) {
+        self.incident.touch(now_us);
+    }
+
+    /// Raise `alert` for this incident: emitted when nothing was raised yet
+    /// or when `alert.severity` is higher than what was raised (ids queued by
+    /// [`add_evidence`](Self::add_evidence) are added to its evidence).
+    /// Returns whether it was emitted.
+    pub fn raise(
+        &mut self,
+        alert: &Alert<'_>,
+        now_us: i64,
+        out: &mut Alerts<'_>,
+    ) -> Result<bool, EmitError> {
+        if !self.incident.escalate(alert.severity, now_us) {
+            return Ok(false);
+        }
+        let (pending, more) = match self.raised.take() {
+            Some(r) => (r.pending, r.more),
+            None => (Vec::new(), 0),
+        };
+        let mut evidence = alert.evidence.to_vec();
+        for id in pending {
+            if !evidence.contains(&id) {
+                evidence.push(id);
+            }
+        }
+        out.emit(&Alert {
+            evidence: &evidence,
+            ..*alert
+        })?;
+        self.raised = Some(Box::new(Raised {
+            rule: alert.rule.into(),
+            severity: alert.severity,
+            subject: alert.subject.map(Into::into),
+            client_ip: alert.client_ip.map(Into::into),
+            group_key: alert.group_key.into(),
+            summary: alert.summary.into(),
+            pending: Vec::new(),
+            more,
+            unlisted: 0,
+            reported_us: now_us,
+        }));
+        Ok(true)
+    }
+
+    /// An event that belongs to the open incident: keeps it open and queues
+    /// `id` for the next update. Returns false (and does nothing) when no
+    /// incident is open.
+    pub fn add_evidence(&mut self, id: i64, now_us: i64) -> bool {
+        let Some(r) = self.raised.as_mut() else {
+            return false;
+        };
+        self.incident.touch(now_us);
+        r.more += 1;
+        if r.pending.len() < MAX_PENDING_EVIDENCE {
+            r.pending.push(id);
+        } else {
+            r.unlisted += 1;
+        }
+        true
+    }
+
+    /// Emit an update carrying the queued evidence when some is queued and
+    /// the last emit is at least `every_us` old. Returns whether it emitted.
+    pub fn flush_due(
+        &mut self,
+        now_us: i64,
+        every_us: i64,
+        out: &mut Alerts<'_>,
+    ) -> Result<bool, EmitError> {
+        match &self.raised {
+            Some(r)
+                if !(r.pending.is_empty() && r.unlisted == 0)
+                    && now_us.saturating_sub(r.reported_us) >= every_us =>
+            {
+                self.emit_update(now_us, false, out).map(|()| true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    /// End the incident when nothing happened for `quiet_us`, emitting a
+    /// last update if evidence is still queued. True if it ended (the next
+    /// [`raise`](Self::raise) starts a new incident).
+    pub fn close_if_quiet(
+        &mut self,
+        now_us: i64,
+        quiet_us: i64,
+        out: &mut Alerts<'_>,
+    ) -> Result<bool, EmitError> {
+        if !self.incident.close_if_quiet(now_us, quiet_us) {
+            return Ok(false);
+        }
+        let result = match &self.raised {
+            Some(r) if !(r.pending.is_empty() && r.unlisted == 0) => {
+                self.emit_update(now_us, true, out)
+            }
+            _ => Ok(()),
+        };
+        self.raised = None;
+        result.map(|()| true)
+    }
+
+    fn emit_update(
+        &mut self,
+        now_us: i64,
+        ended: bool,
+        out: &mut Alerts<'_>,
+    ) -> Result<(), EmitError> {
+        let Some(r) = self.raised.as_mut() else {
+            return Ok(());
+        };
+        let state = if ended { "ended" } else { "ongoing" };
+        let summary = format!(
+            "{} [{state}: {} more event{} since raised]",
+            r.summary,
+            r.more,
+            if r.more == 1 { "" } else { "s" }
+        );
+        let evidence = std::mem::take(&mut r.pending);
+        r.unlisted = 0;
+        r.reported_us = now_us;
+        out.emit(&Alert {
+            rule: &r.rule,
+            severity: r.severity,
+            subject: r.subject.as_deref(),
+            client_ip: r.client_ip.as_deref(),
+            summary: &summary,
+            group_key: &r.group_key,
+            evidence: &evidence,
+        })
     }
 }
 
@@ -562,6 +781,99 @@ mod tests {
             i.escalate(Severity::Medium, 20),
             "a new incident raises again"
         );
+    }
+
+    #[test]
+    fn incident_alert_raises_once_updates_with_evidence_and_ends() {
+        use crate::testing::collect;
+        let alert = |sev, ids: &'static [i64]| Alert {
+            rule: "r",
+            severity: sev,
+            subject: Some("bob"),
+            client_ip: None,
+            summary: "s",
+            group_key: "user:bob",
+            evidence: ids,
+        };
+        let mut ia = IncidentAlert::default();
+        assert!(!ia.add_evidence(1, 0), "nothing open yet");
+        let (r, got) = collect(|out| ia.raise(&alert(Severity::High, &[1, 2]), 10, out));
+        assert_eq!((r, got.len()), (Ok(true), 1));
+        let (r, got) = collect(|out| ia.raise(&alert(Severity::High, &[3]), 11, out));
+        assert_eq!(
+            (r, got.len()),
+            (Ok(false), 0),
+            "the same severity is not repeated"
+        );
+        assert!(ia.add_evidence(3, 12));
+        assert!(ia.add_evidence(4, 13));
+        let (r, got) = collect(|out| ia.flush_due(14, 100, out));
+        assert_eq!((r, got.len()), (Ok(false), 0), "not due yet");
+        let (r, got) = collect(|out| ia.flush_due(110, 100, out));
+        assert_eq!(r, Ok(true));
+        assert_eq!(got[0].evidence, vec![3, 4]);
+        assert_eq!(got[0].group_key, "user:bob");
+        assert!(
+            got[0].summary.contains("ongoing: 2 more events"),
+            "{}",
+            got[0].summary
+        );
+        assert!(ia.add_evidence(5, 120));
+        let (r, got) = collect(|out| ia.raise(&alert(Severity::Critical, &[6]), 121, out));
+        assert_eq!(r, Ok(true));
+        assert_eq!(
+            got[0].evidence,
+            vec![6, 5],
+            "an escalation carries the queued ids"
+        );
+        assert!(ia.add_evidence(7, 130));
+        let (r, got) = collect(|out| ia.close_if_quiet(200, 100, out));
+        assert_eq!((r, got.len()), (Ok(false), 0));
+        let (r, got) = collect(|out| ia.close_if_quiet(230, 100, out));
+        assert_eq!(r, Ok(true));
+        assert_eq!(got[0].evidence, vec![7]);
+        assert_eq!(got[0].severity, Severity::Critical);
+        assert!(got[0].summary.contains("ended"), "{}", got[0].summary);
+        assert!(!ia.is_open());
+        let (r, got) = collect(|out| ia.raise(&alert(Severity::Medium, &[9]), 300, out));
+        assert_eq!((r, got.len()), (Ok(true), 1), "a new incident raises again");
+    }
+
+    #[test]
+    fn incident_alert_queues_a_bounded_number_of_ids() {
+        use crate::testing::collect;
+        let mut ia = IncidentAlert::default();
+        let a = Alert {
+            rule: "r",
+            severity: Severity::Low,
+            subject: None,
+            client_ip: None,
+            summary: "s",
+            group_key: "k",
+            evidence: &[],
+        };
+        let _ = collect(|out| ia.raise(&a, 0, out));
+        for id in 0..10_000 {
+            ia.add_evidence(id, 1);
+        }
+        let (_, got) = collect(|out| ia.flush_due(1, 0, out));
+        assert_eq!(got[0].evidence.len(), MAX_PENDING_EVIDENCE);
+        assert!(got[0].summary.contains("10000 more events"));
+    }
+
+    #[test]
+    fn event_ring_forgets_by_tag_and_distinct_set_removes() {
+        let mut r = EventRing::new();
+        r.push_tagged(1, 10, Key(7), 8);
+        r.push_tagged(2, 11, Key(8), 8);
+        r.push_tagged(3, 12, Key(7), 8);
+        assert_eq!(r.remove_tag(Key(7)), 2);
+        assert_eq!(r.ids(), vec![11]);
+        let mut s = DistinctSet::new();
+        s.insert(Key(1), 1, 4);
+        assert!(s.remove(Key(1)));
+        assert!(!s.remove(Key(1)));
+        assert!(s.is_empty());
     }
 
     #[test]

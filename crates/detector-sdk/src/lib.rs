@@ -382,6 +382,8 @@ impl Alerts<'_> {
 pub mod testing {
     use super::*;
 
+    pub mod traffic;
+
     /// An owned audit event, to build batches in tests.
     #[derive(Clone, Debug, Default, PartialEq, Eq)]
     pub struct EventData {
