@@ -240,6 +240,24 @@ impl<V> BoundedMap<V> {
         self.map.retain(|k, s| keep(*k, &mut s.value));
     }
 
+    /// Like [`retain`](Self::retain), for a `keep` that can fail (e.g. by
+    /// emitting an alert): every entry is visited; an entry whose `keep`
+    /// fails is kept, and the first error is returned.
+    pub fn try_retain<E>(
+        &mut self,
+        mut keep: impl FnMut(Key, &mut V) -> Result<bool, E>,
+    ) -> Result<(), E> {
+        let mut first = None;
+        self.map.retain(|k, s| match keep(*k, &mut s.value) {
+            Ok(keep) => keep,
+            Err(e) => {
+                first.get_or_insert(e);
+                true
+            }
+        });
+        first.map_or(Ok(()), Err)
+    }
+
     /// Iterate over the entries.
     pub fn iter(&self) -> impl Iterator<Item = (Key, &V)> {
         self.map.iter().map(|(k, s)| (*k, &s.value))

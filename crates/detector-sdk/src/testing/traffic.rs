@@ -739,3 +739,52 @@ pub fn event(id: i64, time_us: i64, kind: &str, ip: &str, ua: &str) -> EventData
 pub fn sev(a: &AlertData) -> Severity {
     a.severity
 }
+
+/// Feed `n` events made by `make(i, rng)` to `d` in batches of `chunk`,
+/// calling `check(d)` after every batch: for tests that flood a detector
+/// with random IPs or usernames and check that its state stays capped.
+pub fn flood<D: Detector>(
+    d: &mut D,
+    n: usize,
+    chunk: usize,
+    mut make: impl FnMut(usize, &mut Rng) -> EventData,
+    mut check: impl FnMut(&D),
+) -> Result<usize> {
+    let mut rng = Rng::new(n as u64);
+    let mut alerts = 0;
+    let mut i = 0;
+    while i < n {
+        let events: Vec<EventData> = (i..(i + chunk).min(n)).map(|j| make(j, &mut rng)).collect();
+        i += events.len();
+        alerts += super::run_batch(d, &events)?.len();
+        check(d);
+    }
+    Ok(alerts)
+}
+
+/// A random IPv4 address outside the ranges the generated traffic uses.
+pub fn random_ip(rng: &mut Rng) -> String {
+    format!(
+        "{}.{}.{}.{}",
+        1 + rng.below(60),
+        rng.below(256),
+        rng.below(256),
+        1 + rng.below(254)
+    )
+}
+
+/// The first user who logs in during `events`: `(username, subject, time
+/// of that login, IP, User-Agent)`.
+pub fn first_login(events: &[EventData]) -> (String, String, i64, String, String) {
+    let e = events
+        .iter()
+        .find(|e| e.kind == "auth.login.success")
+        .expect("the traffic has a login");
+    (
+        e.username.clone().unwrap_or_default(),
+        e.subject.clone().unwrap_or_default(),
+        e.time_us,
+        e.client_ip.clone().unwrap_or_default(),
+        e.user_agent.clone().unwrap_or_default(),
+    )
+}
