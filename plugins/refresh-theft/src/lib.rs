@@ -9,7 +9,8 @@
 //!
 //! One alert per subject per incident, rule `refresh-token-reuse`, at
 //! `severity` (critical by default). Further reuse events for the same
-//! subject keep the incident open and raise nothing new; the incident ends
+//! subject keep the incident open and are attached to the same alert as
+//! evidence (an update at most every `update_secs`); the incident ends
 //! after `incident_quiet_secs` without one (on events and on `tick`).
 //!
 //! # Alert
@@ -18,16 +19,20 @@
 //! - group key: `subject:<subject>` (or `fp:<token_fp>` when the event has
 //!   no subject) — match user exceptions on the alert's `subject`.
 //! - client_ip: the IP that presented the reused token.
-//! - evidence: the reuse event.
+//! - evidence: the reuse events of the incident.
 //!
 //! # Config (JSON), every key optional
 //!
-//! ```json
-//! { "severity": "critical", "incident_quiet_secs": 3600,
-//!   "max_tracked_subjects": 100000 }
-//! ```
+//! | key | default | meaning |
+//! |---|---|---|
+//! | `severity` | `"critical"` | severity of the alert |
+//! | `incident_quiet_secs` | `3600` | quiet time that ends an incident |
+//! | `update_secs` | `60` | at most one evidence update per incident this often |
+//! | `max_tracked_subjects` | `100000` | hard cap on subjects with an open incident |
 
-use detector_sdk::kit::{parse_severity, secs_to_us, BoundedMap, ConfigError, Incident, KeyHasher};
+use detector_sdk::kit::{
+    parse_severity, secs_to_us, BoundedMap, ConfigError, IncidentAlert, KeyHasher,
+};
 use detector_sdk::{Alert, Alerts, Batch, Detector, Severity};
 use serde::Deserialize;
 
@@ -40,6 +45,7 @@ pub const RULE: &str = "refresh-token-reuse";
 struct Config {
     severity: String,
     incident_quiet_secs: u64,
+    update_secs: u64,
     max_tracked_subjects: usize,
 }
 
@@ -48,6 +54,7 @@ impl Default for Config {
         Config {
             severity: "critical".into(),
             incident_quiet_secs: 3600,
+            update_secs: 60,
             max_tracked_subjects: 100_000,
         }
     }
@@ -57,14 +64,20 @@ impl Default for Config {
 pub struct RefreshTheft {
     severity: Severity,
     quiet_us: i64,
+    update_us: i64,
     hasher: KeyHasher,
-    incidents: BoundedMap<Incident>,
+    incidents: BoundedMap<IncidentAlert>,
 }
 
 impl RefreshTheft {
     /// Subjects with an open incident.
     pub fn tracked(&self) -> usize {
         self.incidents.len()
+    }
+
+    /// The hard cap on subjects tracked.
+    pub fn cap(&self) -> usize {
+        self.incidents.cap()
     }
 }
 
@@ -80,6 +93,7 @@ impl Detector for RefreshTheft {
         Ok(RefreshTheft {
             severity: parse_severity(NAME, "severity", &c.severity)?,
             quiet_us: secs_to_us(NAME, "incident_quiet_secs", c.incident_quiet_secs)?,
+            update_us: secs_to_us(NAME, "update_secs", c.update_secs)?,
             hasher: KeyHasher::new(),
             incidents: BoundedMap::new(c.max_tracked_subjects),
         })
@@ -98,16 +112,19 @@ impl Detector for RefreshTheft {
             };
             let incident = self
                 .incidents
-                .get_or_insert_with(self.hasher.key(&group_key), Incident::default);
-            incident.close_if_quiet(now, self.quiet_us);
-            incident.touch(now);
-            if incident.escalate(self.severity, now) {
-                let summary = format!(
-                    "a used refresh token of {:?} was presented again from {}: the token was copied; its family has been revoked",
-                    ev.subject().unwrap_or("an unknown subject"),
-                    ev.client_ip().unwrap_or("an unknown IP"),
-                );
-                out.emit(&Alert {
+                .get_or_insert_with(self.hasher.key(&group_key), IncidentAlert::default);
+            incident.close_if_quiet(now, self.quiet_us, out)?;
+            if incident.add_evidence(ev.id(), now) {
+                incident.flush_due(now, self.update_us, out)?;
+                continue;
+            }
+            let summary = format!(
+                "a used refresh token of {:?} was presented again from {}: the token was copied; its family has been revoked",
+                ev.subject().unwrap_or("an unknown subject"),
+                ev.client_ip().unwrap_or("an unknown IP"),
+            );
+            incident.raise(
+                &Alert {
                     rule: RULE,
                     severity: self.severity,
                     subject: ev.subject(),
@@ -115,18 +132,21 @@ impl Detector for RefreshTheft {
                     summary: &summary,
                     group_key: &group_key,
                     evidence: &[ev.id()],
-                })?;
-            }
+                },
+                now,
+                out,
+            )?;
         }
         Ok(())
     }
 
-    fn tick(&mut self, now_us: i64, _out: &mut Alerts<'_>) -> detector_sdk::Result {
-        let quiet_us = self.quiet_us;
-        self.incidents.retain(|_, i| {
-            i.close_if_quiet(now_us, quiet_us);
-            i.is_open()
-        });
+    fn tick(&mut self, now_us: i64, out: &mut Alerts<'_>) -> detector_sdk::Result {
+        let (quiet_us, update_us) = (self.quiet_us, self.update_us);
+        self.incidents.try_retain(|_, i| {
+            i.close_if_quiet(now_us, quiet_us, out)?;
+            i.flush_due(now_us, update_us, out)?;
+            Ok::<_, detector_sdk::EmitError>(i.is_open())
+        })?;
         Ok(())
     }
 }
@@ -141,6 +161,9 @@ detector_sdk::export_detector!(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use detector_sdk::testing::traffic::{
+        self, as_stored, describe, replay, ATTACK_ID_BASE, HOUR, SEC,
+    };
     use detector_sdk::testing::{run_batch, run_tick, EventData};
 
     fn reuse(id: i64, secs: i64, subject: &str) -> EventData {
@@ -171,7 +194,9 @@ mod tests {
         assert_eq!(alerts[0].group_key, "subject:bob");
         assert_eq!(alerts[0].evidence, vec![1]);
         assert_eq!(alerts[1].group_key, "subject:eve");
-        run_tick(&mut d, 3700 * 1_000_000).unwrap();
+        let ended = run_tick(&mut d, 3700 * 1_000_000).unwrap();
+        assert_eq!(ended.len(), 1, "the last update carries bob's second reuse");
+        assert_eq!(ended[0].evidence, vec![2]);
         assert_eq!(d.tracked(), 0);
         assert_eq!(
             run_batch(&mut d, &[reuse(4, 3800, "bob")]).unwrap().len(),
@@ -189,5 +214,78 @@ mod tests {
         };
         assert!(err(r#"{"severity": "extreme"}"#).contains("severity \"extreme\" is not one of"));
         assert!(err(r#"{"max_tracked_subjects": 0}"#).contains("at least 1"));
+    }
+
+    #[test]
+    fn a_day_of_benign_traffic_raises_nothing() {
+        for seed in [1, 2, 3] {
+            let mut d = RefreshTheft::new("{}").unwrap();
+            let alerts = replay(&mut d, &traffic::day(seed), 512, SEC, HOUR).unwrap();
+            assert!(alerts.is_empty(), "seed {seed}:\n{}", describe(&alerts));
+        }
+    }
+
+    #[test]
+    fn a_stolen_refresh_token_mixed_into_a_day_is_one_critical_alert() {
+        let day = traffic::day(6);
+        let (_, subject, t, _, _) = traffic::first_login(&day);
+        // The thief refreshes first; the victim's client then presents the
+        // rotated-away token (reuse), and the thief tries again later.
+        let attack: Vec<EventData> = (0..3)
+            .map(|i| {
+                let mut e = traffic::event(
+                    ATTACK_ID_BASE + i,
+                    t + 20 * traffic::MIN + i * 5 * traffic::MIN,
+                    "refresh.reuse_detected",
+                    if i == 1 {
+                        "91.240.118.2"
+                    } else {
+                        "198.51.100.10"
+                    },
+                    "AcmeApp/3.4.1",
+                );
+                e.outcome = "failure".into();
+                e.reason = Some("refresh_reused".into());
+                e.subject = Some(subject.clone());
+                e.token_fp = Some(format!("fp{i}"));
+                e
+            })
+            .collect();
+        let mut d = RefreshTheft::new("{}").unwrap();
+        let alerts = replay(&mut d, &traffic::mix(&day, &attack), 512, SEC, 2 * HOUR).unwrap();
+        let stored = as_stored(&alerts);
+        assert_eq!(stored.len(), 1, "{}", describe(&alerts));
+        let (a, _) = &stored[0];
+        assert_eq!(
+            (a.rule.as_str(), a.severity, a.group_key.clone()),
+            (RULE, Severity::Critical, format!("subject:{subject}"))
+        );
+        assert_eq!(
+            a.evidence,
+            (0..3).map(|i| ATTACK_ID_BASE + i).collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
+    fn a_flood_of_a_million_random_subjects_stays_at_the_cap() {
+        let mut d = RefreshTheft::new("{}").unwrap();
+        let cap = d.cap();
+        let mut max = 0;
+        traffic::flood(
+            &mut d,
+            1_000_000,
+            10_000,
+            |i, rng| {
+                let mut e = reuse(i as i64, i as i64 / 1000, "");
+                e.subject = Some(rng.hex(12));
+                e
+            },
+            |d| {
+                assert!(d.tracked() <= cap);
+                max = max.max(d.tracked());
+            },
+        )
+        .unwrap();
+        assert!(max > cap - cap / 16 - 1, "{max}");
     }
 }
