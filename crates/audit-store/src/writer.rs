@@ -433,9 +433,15 @@ impl AuditWriter {
     /// Inserts an alert, or adds to the open alert with the same `(detector, group_key)`.
     /// Returns the alert id. Blocking.
     pub fn insert_alert(&self, a: NewAlert) -> Result<i64, StoreError> {
+        self.submit_alert(a)?.wait()
+    }
+
+    /// Queues an alert like [`AuditWriter::insert_alert`] without waiting for the
+    /// commit; the [`Ack`] resolves to the alert id. Blocks while the queue is full.
+    pub fn submit_alert(&self, a: NewAlert) -> Result<Ack<i64>, StoreError> {
         let (t, r) = oneshot::channel();
         self.send(Msg::Alert(a, t))?;
-        Ack(r).wait()
+        Ok(Ack(r))
     }
 
     pub fn update_alert_status(

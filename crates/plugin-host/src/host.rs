@@ -244,6 +244,18 @@ impl PluginHost {
         }
     }
 
+    /// Queue a committed batch, waiting up to `timeout` for room. For a
+    /// feeder that reads from the store at its own pace: it can afford to
+    /// wait, so detectors see every event instead of skipping under load.
+    /// Returns false when the batch could not be queued in time (or the host
+    /// is shut down); the caller keeps its position and offers it again.
+    pub fn feed_wait(&self, batch: Arc<[EventRecord]>, timeout: Duration) -> bool {
+        if batch.is_empty() {
+            return true;
+        }
+        self.data_tx.send_timeout(batch, timeout).is_ok()
+    }
+
     /// Every plugin file the host knows, sorted by name.
     pub fn plugins(&self) -> Vec<PluginStatus> {
         let mut v: Vec<_> = lock(&self.shared.entries)

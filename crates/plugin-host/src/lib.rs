@@ -390,7 +390,9 @@ pub enum HostError {
 
 /// The config of the plugin at `file`: `<stem>.toml` beside it, else
 /// `configured` (from tokenwatch.toml), else `{}`.
-pub(crate) fn config_json(
+/// The JSON config a plugin file gets: its `<stem>.toml` beside it when
+/// present, else `configured` (e.g. `[plugins.NAME]` of tokenwatch.toml), else `{}`.
+pub fn config_json(
     file: &Path,
     configured: Option<&serde_json::Value>,
 ) -> Result<String, LoadError> {

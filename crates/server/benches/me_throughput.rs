@@ -2,7 +2,13 @@
 //! verification + an audit event committed before the answer), as a ratio
 //! against the same actix route with no authentication, in the same run.
 //!
-//! cargo bench -p tokenwatch --bench me_throughput -- [seconds] [connections]
+//! cargo bench -p tokenwatch --bench me_throughput -- [seconds] [connections,...]
+//!
+//! `connections` is a comma-separated list (default `32,256`): every request waits
+//! for its event's group commit, so with few connections in flight the audited side
+//! is bound by commit latency (one WAL fsync per batch under `synchronous=full`),
+//! not by CPU; the sweep shows where it stops being so. Each client connection is a
+//! blocking thread on the same machine, for both sides alike.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -20,7 +26,10 @@ fn main() {
         .filter(|a| !a.starts_with("--"))
         .collect();
     let seconds: u64 = args.first().and_then(|s| s.parse().ok()).unwrap_or(5);
-    let connections: usize = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(32);
+    let sweep: Vec<usize> = args
+        .get(1)
+        .map(|s| s.split(',').filter_map(|c| c.parse().ok()).collect())
+        .unwrap_or_else(|| vec![32, 256]);
 
     for sync in ["full", "normal"] {
         let tmp = tempfile::tempdir().expect("tempdir");
@@ -53,20 +62,23 @@ fn main() {
         let token = token.token.expose().to_string();
 
         let (audited, bare) = start_servers(data.clone());
-        let mut audited_rates = Vec::new();
-        let mut bare_rates = Vec::new();
-        // Interleave the two so drift on a noisy machine hits both alike.
-        for _ in 0..2 {
-            bare_rates.push(load(bare, None, seconds, connections));
-            audited_rates.push(load(audited, Some(&token), seconds, connections));
+        for &connections in &sweep {
+            let mut audited_rates = Vec::new();
+            let mut bare_rates = Vec::new();
+            let before = data.store.health().events_committed;
+            // Interleave the two so drift on a noisy machine hits both alike.
+            for _ in 0..2 {
+                bare_rates.push(load(bare, None, seconds, connections));
+                audited_rates.push(load(audited, Some(&token), seconds, connections));
+            }
+            let a = median(&mut audited_rates);
+            let b = median(&mut bare_rates);
+            println!(
+                "synchronous={sync:<6} connections={connections:<4} audited={a:>9.0} req/s  bare={b:>9.0} req/s  ratio={:.2}  (events committed: {})",
+                a / b,
+                data.store.health().events_committed - before
+            );
         }
-        let a = median(&mut audited_rates);
-        let b = median(&mut bare_rates);
-        println!(
-            "synchronous={sync:<6} connections={connections} audited={a:>9.0} req/s  bare={b:>9.0} req/s  ratio={:.2}  (events committed: {})",
-            a / b,
-            data.store.health().events_committed
-        );
     }
 }
 

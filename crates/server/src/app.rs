@@ -8,6 +8,7 @@ use audit_store::{AuditStore, AuditWriter, NewEvent};
 use token_core::TokenService;
 
 use crate::config::Settings;
+use crate::detection::Detection;
 use crate::metrics::Metrics;
 use crate::state::StateDb;
 
@@ -18,6 +19,8 @@ pub struct AppState {
     pub store: Arc<AuditStore>,
     pub audit: AuditWriter,
     pub metrics: Metrics,
+    /// The detector plugins; `None` when the server runs without them (benches).
+    pub detection: Option<Detection>,
 }
 
 /// The audit store could not commit the event; the decision must not be acted on.

@@ -22,6 +22,9 @@ pub struct Cli {
     /// Where keys, the audit store and state live (default: ./data).
     #[arg(long, global = true, env = "TOKENWATCH_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
+    /// Folder of detector plugins (default: <data-dir>/plugins).
+    #[arg(long, global = true, env = "TOKENWATCH_PLUGIN_DIR")]
+    pub plugin_dir: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -47,6 +50,32 @@ pub enum Command {
     Audit(AuditCmd),
     /// Export audit events or alerts as CSV.
     Export(ExportArgs),
+    /// Inspect detector plugins: list the folder, check a file, backtest over history.
+    #[command(subcommand)]
+    Plugins(PluginsCmd),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum PluginsCmd {
+    /// List the plugin folder: what each file is, or why it would be refused.
+    List,
+    /// Load one plugin file and report what it is, or why it is refused.
+    Check { file: PathBuf },
+    /// Run a plugin over stored events and print the alerts it would have
+    /// raised. Nothing is stored except an audit event saying the history was read.
+    Backtest {
+        file: PathBuf,
+        /// Start of the time range, RFC 3339 (default: the oldest event).
+        #[arg(long)]
+        from: Option<String>,
+        /// End of the time range, RFC 3339 (default: now).
+        #[arg(long)]
+        to: Option<String>,
+        /// Plugin config as a TOML or JSON file (default: `<file stem>.toml`
+        /// beside the plugin, else `[plugins.NAME]` of tokenwatch.toml).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -54,9 +83,6 @@ pub struct ServeArgs {
     /// Address to listen on (default 127.0.0.1:8080; port 0 picks a free port).
     #[arg(long, env = "TOKENWATCH_LISTEN")]
     pub listen: Option<String>,
-    /// Folder of detector plugins (default: <data-dir>/plugins).
-    #[arg(long, env = "TOKENWATCH_PLUGIN_DIR")]
-    pub plugin_dir: Option<PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -181,7 +207,7 @@ pub fn settings(cli: &Cli, serve: Option<&ServeArgs>) -> Result<Settings> {
     let overrides = Overrides {
         listen: serve.and_then(|s| s.listen.clone()),
         data_dir: cli.data_dir.clone(),
-        plugin_dir: serve.and_then(|s| s.plugin_dir.clone()),
+        plugin_dir: cli.plugin_dir.clone(),
     };
     Ok(Settings::resolve(file, &overrides)?)
 }

@@ -8,8 +8,8 @@ use serde_json::json;
 use token_core::{AccessRequest, Alg, KeyRing, TokenService};
 
 use crate::cli::{
-    self, AuditCmd, ClientKindArg, ClientsCmd, ExportArgs, ExportWhat, KeysCmd, RoleArg, TokenCmd,
-    UsersCmd,
+    self, AuditCmd, ClientKindArg, ClientsCmd, ExportArgs, ExportWhat, KeysCmd, PluginsCmd,
+    RoleArg, TokenCmd, UsersCmd,
 };
 use crate::config::Settings;
 use crate::datadir::DataDirLock;
@@ -305,4 +305,171 @@ fn event_filter(args: &ExportArgs) -> Result<audit_store::EventFilter> {
         jti: args.jti.clone(),
         ..Default::default()
     })
+}
+
+pub fn plugins(settings: &Settings, cmd: PluginsCmd) -> Result<()> {
+    match cmd {
+        PluginsCmd::List => plugins_list(settings),
+        PluginsCmd::Check { file } => match plugin_host::check_file(&file) {
+            Ok(info) => cli::print_line(&describe_plugin(&info)),
+            Err(e) => {
+                cli::print_line(&format!("refused: {e}"))?;
+                std::process::exit(1);
+            }
+        },
+        PluginsCmd::Backtest {
+            file,
+            from,
+            to,
+            config,
+        } => plugins_backtest(settings, &file, from.as_deref(), to.as_deref(), config),
+    }
+}
+
+fn describe_plugin(info: &plugin_host::PluginInfo) -> String {
+    format!(
+        "ok: {} {} (detector ABI {}.{}) from {}: {}",
+        info.name,
+        info.version,
+        info.abi_major,
+        info.abi_minor,
+        info.file.display(),
+        info.description
+    )
+}
+
+fn plugins_list(settings: &Settings) -> Result<()> {
+    let dir = &settings.plugin_dir;
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return cli::print_line(&format!(
+            "no plugin folder at {} yet: `tokenwatch serve` creates it with the built-in detectors",
+            dir.display()
+        )),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", dir.display())),
+    };
+    let mut files: Vec<_> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.extension()
+                .is_some_and(|x| x == std::env::consts::DLL_EXTENSION)
+        })
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        return cli::print_line(&format!("no plugins in {}", dir.display()));
+    }
+    let mut refused = 0;
+    for file in files {
+        match plugin_host::check_file(&file) {
+            Ok(info) => cli::print_line(&describe_plugin(&info))?,
+            Err(e) => {
+                refused += 1;
+                cli::print_line(&format!("refused: {e}"))?;
+            }
+        }
+    }
+    if refused > 0 {
+        eprintln!("{refused} plugin file(s) would be refused");
+    }
+    Ok(())
+}
+
+fn plugins_backtest(
+    settings: &Settings,
+    file: &std::path::Path,
+    from: Option<&str>,
+    to: Option<&str>,
+    config: Option<std::path::PathBuf>,
+) -> Result<()> {
+    let info = plugin_host::check_file(file).map_err(|e| anyhow!("refused: {e}"))?;
+    let config = match config {
+        Some(path) => read_plugin_config(&path)?,
+        None => {
+            let json = plugin_host::config_json(file, settings.plugin_config.get(&info.name))?;
+            serde_json::from_str(&json)?
+        }
+    };
+    let from_us = from.map(parse_time).transpose()?;
+    let to_us = to.map(parse_time).transpose()?;
+    let session = AdminSession::open(settings)?;
+    let reader = session.store.reader()?;
+
+    let mut cursor = 0;
+    let mut read_error = None;
+    let mut events_read = 0u64;
+    let batches = std::iter::from_fn(|| loop {
+        let page = match reader.events_after(cursor, 4096) {
+            Ok(page) => page,
+            Err(e) => {
+                read_error = Some(e);
+                return None;
+            }
+        };
+        let last = page.last()?;
+        cursor = last.id;
+        let batch: Vec<_> = page
+            .into_iter()
+            .filter(|e| from_us.is_none_or(|f| e.time_us >= f))
+            .filter(|e| to_us.is_none_or(|t| e.time_us < t))
+            .map(crate::detection::event_record)
+            .collect();
+        if !batch.is_empty() {
+            events_read += batch.len() as u64;
+            return Some(batch);
+        }
+    });
+    let alerts = plugin_host::backtest(file, &config, batches)?;
+    if let Some(e) = read_error {
+        return Err(e).context("reading stored events");
+    }
+    session.record(
+        "plugins backtest",
+        Outcome::Success,
+        json!({ "plugin": info.name, "file": file.display().to_string(), "from": from, "to": to,
+                "events": events_read, "alerts": alerts.len() }),
+    )?;
+    session.close()?;
+    for a in &alerts {
+        cli::print_line(&format!(
+            "{}  {:<8}  {}/{}  group={}  subject={}  ip={}  evidence={}  {}",
+            format_time_us(a.time_us),
+            a.severity.as_str(),
+            a.plugin,
+            a.rule,
+            a.group_key,
+            a.subject.as_deref().unwrap_or("-"),
+            a.client_ip.as_deref().unwrap_or("-"),
+            a.evidence.len(),
+            a.summary
+        ))?;
+    }
+    eprintln!(
+        "backtest of {} over {events_read} events: {} alert(s) would have been raised; nothing was stored",
+        info.name,
+        alerts.len()
+    );
+    Ok(())
+}
+
+fn read_plugin_config(path: &std::path::Path) -> Result<serde_json::Value> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    if path.extension().is_some_and(|x| x == "json") {
+        serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", path.display()))
+    } else {
+        let value: toml::Value = toml::from_str(&text)
+            .with_context(|| format!("{} is not valid TOML", path.display()))?;
+        Ok(serde_json::to_value(value)?)
+    }
+}
+
+fn format_time_us(us: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(us) * 1000)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| us.to_string())
 }

@@ -10,6 +10,7 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod datadir;
+pub mod detection;
 pub mod logging;
 pub mod metrics;
 pub mod oauth;
@@ -59,5 +60,6 @@ fn run(cli: cli::Cli) -> anyhow::Result<()> {
         Command::Keys(cmd) => commands::keys(&settings, cmd),
         Command::Audit(cmd) => commands::audit(&settings, cmd),
         Command::Export(args) => commands::export(&settings, args),
+        Command::Plugins(cmd) => commands::plugins(&settings, cmd),
     }
 }

@@ -67,7 +67,12 @@ async fn healthz(data: Data) -> HttpResponse {
 }
 
 async fn metrics(data: Data) -> HttpResponse {
-    let text = data.metrics.render(&data.store.health(), "");
+    let plugins = data
+        .detection
+        .as_ref()
+        .map(|d| d.host().metrics_text())
+        .unwrap_or_default();
+    let text = data.metrics.render(&data.store.health(), &plugins);
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")
         .body(text)

@@ -13,16 +13,29 @@ use serde_json::json;
 use crate::app::AppState;
 use crate::config::Settings;
 use crate::datadir::DataDirLock;
+use crate::detection::Detection;
 use crate::metrics::Metrics;
 use crate::state::{Role, StateDb};
 
-/// Opens everything a server needs in `settings.data_dir` (the caller holds the lock).
+/// Opens everything a server needs in `settings.data_dir` (the caller holds
+/// the lock), without the detectors.
 pub fn open_app_state(settings: &Settings) -> Result<web::Data<AppState>> {
+    open_app_state_with(settings, false)
+}
+
+/// As [`open_app_state`]; with `detectors`, also loads the plugin folder and
+/// starts feeding committed events to it.
+pub fn open_app_state_with(settings: &Settings, detectors: bool) -> Result<web::Data<AppState>> {
     let state = Arc::new(StateDb::open(&settings.state_db_path())?);
     let tokens = Arc::new(crate::commands::token_service(settings, state.clone())?);
     let store =
         Arc::new(AuditStore::open(settings.store_config()).context("opening the audit store")?);
     bootstrap_admin(&state, &store)?;
+    let detection = if detectors {
+        Some(Detection::start(settings, &store)?)
+    } else {
+        None
+    };
     Ok(web::Data::new(AppState {
         settings: settings.clone(),
         tokens,
@@ -30,13 +43,14 @@ pub fn open_app_state(settings: &Settings) -> Result<web::Data<AppState>> {
         audit: store.writer(),
         store,
         metrics: Metrics::default(),
+        detection,
     }))
 }
 
 pub fn run(settings: Settings) -> Result<()> {
     let lock = DataDirLock::acquire(&settings.data_dir)?;
     let _log_guard = crate::logging::init(Some(&settings.data_dir), &settings.log_level);
-    let data = open_app_state(&settings)?;
+    let data = open_app_state_with(&settings, true)?;
     let store = data.store.clone();
     spawn_housekeeping(data.state.clone());
 
@@ -64,6 +78,8 @@ pub fn run(settings: Settings) -> Result<()> {
     tracing::info!(listen = %settings.listen, data_dir = %settings.data_dir.display(), "tokenwatch serving");
     actix_web::rt::System::new().block_on(server.run())?;
 
+    // The last AppState reference goes first: it stops the detectors, whose
+    // alerts still go through the store's writer.
     drop(data);
     match Arc::try_unwrap(store) {
         Ok(store) => store.shutdown().context("closing the audit store")?,

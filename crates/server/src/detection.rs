@@ -1,0 +1,273 @@
+//! Runs the detector plugins over the audit stream: committed events go from
+//! the store to the plugin host, alerts and plugin lifecycle changes go back
+//! into the store. Nothing here is on the request path.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use audit_store::{kinds, AuditReader, AuditStore, AuditWriter, NewAlert, NewEvent, Outcome};
+use plugin_host::{AlertRecord, EventRecord, HostConfig, HostSink, Lifecycle, PluginHost};
+use serde_json::json;
+
+use crate::config::Settings;
+
+/// The detectors shipped in `plugins/`, by crate library name. They are built
+/// beside the `tokenwatch` binary by `cargo build --workspace`.
+pub const BUILTIN_PLUGINS: [&str; 7] = [
+    "brute_force",
+    "password_spray",
+    "token_replay",
+    "refresh_theft",
+    "forged_token",
+    "expired_storm",
+    "account_anomaly",
+];
+
+/// Events handed to the host per batch when catching up.
+const FEED_BATCH: usize = 4096;
+
+/// The running detection pipeline; dropping it stops the feeder, then the host.
+pub struct Detection {
+    host: Arc<PluginHost>,
+    stop: Arc<AtomicBool>,
+    feeder: Option<JoinHandle<()>>,
+}
+
+impl Detection {
+    /// Prepares the plugin folder, loads every plugin in it, and starts
+    /// feeding events committed from now on.
+    pub fn start(settings: &Settings, store: &AuditStore) -> Result<Detection> {
+        prepare_plugin_dir(&settings.plugin_dir)?;
+        let cfg = HostConfig {
+            plugin_dir: settings.plugin_dir.clone(),
+            private_copy_dir: settings.data_dir.join("plugin-copies"),
+            plugin_config: settings.plugin_config.clone(),
+            max_consecutive_errors: 5,
+            tick_interval: Duration::from_secs(1),
+            watch: true,
+        };
+        let sink = Arc::new(StoreSink {
+            writer: store.writer(),
+        });
+        let host = Arc::new(PluginHost::start(cfg, sink).with_context(|| {
+            format!(
+                "starting the plugin host on {}",
+                settings.plugin_dir.display()
+            )
+        })?);
+        let reader = store
+            .reader()
+            .context("opening a reader for the detectors")?;
+        let start_after = reader.max_event_id()?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let feeder = std::thread::Builder::new()
+            .name("tokenwatch-detector-feed".into())
+            .spawn({
+                let host = host.clone();
+                let stop = stop.clone();
+                let watch = store.committed_watch();
+                move || feed(reader, watch, &host, &stop, start_after)
+            })
+            .context("starting the detector feeder thread")?;
+        Ok(Detection {
+            host,
+            stop,
+            feeder: Some(feeder),
+        })
+    }
+
+    pub fn host(&self) -> &PluginHost {
+        &self.host
+    }
+}
+
+impl Drop for Detection {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(f) = self.feeder.take() {
+            let _ = f.join();
+        }
+    }
+}
+
+/// Creates the plugin folder on first start and installs the built-in
+/// detectors found beside the binary into it. An existing folder is left as
+/// the operator arranged it: a built-in they removed stays removed.
+pub fn prepare_plugin_dir(dir: &Path) -> Result<()> {
+    if dir.exists() {
+        return Ok(());
+    }
+    crate::datadir::ensure(dir)?;
+    let beside_binary = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(Path::to_path_buf));
+    let mut installed = Vec::new();
+    if let Some(from) = beside_binary {
+        for name in BUILTIN_PLUGINS {
+            let file = builtin_file_name(name);
+            let src = from.join(&file);
+            if src.is_file() {
+                copy_atomically(&src, &dir.join(&file))?;
+                installed.push(name);
+            }
+        }
+    }
+    if installed.len() < BUILTIN_PLUGINS.len() {
+        tracing::warn!(
+            found = installed.len(),
+            expected = BUILTIN_PLUGINS.len(),
+            "some built-in detectors were not found beside the binary; build them with `cargo build --release --workspace`"
+        );
+    }
+    tracing::info!(plugin_dir = %dir.display(), installed = ?installed, "installed the built-in detectors");
+    Ok(())
+}
+
+pub fn builtin_file_name(name: &str) -> String {
+    format!(
+        "{}{name}{}",
+        std::env::consts::DLL_PREFIX,
+        std::env::consts::DLL_SUFFIX
+    )
+}
+
+/// Copies under a temporary name and renames, so the host watching the folder
+/// never sees a half-written library.
+fn copy_atomically(src: &Path, dst: &Path) -> Result<()> {
+    let tmp: PathBuf = dst.with_extension("partial");
+    std::fs::copy(src, &tmp)
+        .with_context(|| format!("copying {} to {}", src.display(), tmp.display()))?;
+    std::fs::rename(&tmp, dst).with_context(|| format!("installing {}", dst.display()))?;
+    Ok(())
+}
+
+/// Reads committed events in id order and hands them to the host. It waits
+/// for room rather than skipping, so every event reaches the detectors.
+fn feed(
+    reader: AuditReader,
+    watch: audit_store::CommitWatch,
+    host: &PluginHost,
+    stop: &AtomicBool,
+    mut cursor: i64,
+) {
+    while !stop.load(Ordering::Relaxed) {
+        watch.wait_for_commit_after(cursor, Duration::from_millis(250));
+        loop {
+            let events = match reader.events_after(cursor, FEED_BATCH) {
+                Ok(events) => events,
+                Err(e) => {
+                    tracing::error!(error = %e, "detectors cannot read the audit store; retrying");
+                    std::thread::sleep(Duration::from_secs(1));
+                    break;
+                }
+            };
+            let Some(last) = events.last().map(|e| e.id) else {
+                break;
+            };
+            let batch: Arc<[EventRecord]> = events.into_iter().map(event_record).collect();
+            while !host.feed_wait(batch.clone(), Duration::from_millis(250)) {
+                if stop.load(Ordering::Relaxed) {
+                    return;
+                }
+            }
+            cursor = last;
+        }
+    }
+}
+
+pub fn event_record(e: audit_store::StoredEvent) -> EventRecord {
+    EventRecord {
+        id: e.id,
+        time_us: e.time_us,
+        kind: e.kind,
+        outcome: e.outcome.as_str().to_string(),
+        reason: e.reason,
+        subject: e.subject,
+        username: e.username,
+        client_ip: e.client_ip,
+        user_agent: e.user_agent,
+        method: e.method,
+        path: e.path,
+        jti: e.jti,
+        kid: e.kid,
+        alg: e.alg,
+        token_fp: e.token_fp,
+        source: e.source,
+    }
+}
+
+pub fn severity(s: plugin_host::Severity) -> audit_store::Severity {
+    match s {
+        plugin_host::Severity::Low => audit_store::Severity::Low,
+        plugin_host::Severity::Medium => audit_store::Severity::Medium,
+        plugin_host::Severity::High => audit_store::Severity::High,
+        plugin_host::Severity::Critical => audit_store::Severity::Critical,
+    }
+}
+
+/// Delivers what the host produces into the audit store.
+struct StoreSink {
+    writer: AuditWriter,
+}
+
+impl HostSink for StoreSink {
+    fn alert(&self, a: AlertRecord) {
+        let alert = NewAlert {
+            time_us: a.time_us,
+            detector: a.plugin,
+            rule: a.rule,
+            severity: severity(a.severity),
+            subject: a.subject,
+            client_ip: a.client_ip,
+            summary: a.summary,
+            group_key: a.group_key,
+            evidence: a.evidence,
+        };
+        // Queued, not awaited: the host thread must keep feeding detectors,
+        // and the writer reports its own failures in /healthz.
+        if let Err(e) = self.writer.submit_alert(alert) {
+            tracing::error!(error = %e, "an alert could not be queued for the audit store");
+        }
+    }
+
+    fn lifecycle(&self, event: Lifecycle) {
+        // The host already logged it; here it becomes an audit event.
+        if let Err(e) = self.writer.submit(lifecycle_event(&event)) {
+            tracing::error!(error = %e, "a plugin lifecycle event could not be queued");
+        }
+    }
+}
+
+fn lifecycle_event(event: &Lifecycle) -> NewEvent {
+    let file_name = |f: &Path| {
+        f.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    };
+    match event {
+        Lifecycle::Loaded {
+            name,
+            version,
+            file,
+        } => {
+            let mut ev = NewEvent::new(kinds::PLUGIN_LOADED, Outcome::Success);
+            ev.detail = json!({ "plugin": name, "version": version, "file": file_name(file) });
+            ev
+        }
+        Lifecycle::Failed { file, name, reason } => {
+            let mut ev = NewEvent::new(kinds::PLUGIN_FAILED, Outcome::Failure);
+            ev.reason = Some("plugin_refused".into());
+            ev.detail = json!({ "plugin": name, "file": file_name(file), "error": reason });
+            ev
+        }
+        Lifecycle::Unloaded { name, file } => {
+            let mut ev = NewEvent::new(kinds::PLUGIN_UNLOADED, Outcome::Success);
+            ev.detail = json!({ "plugin": name, "file": file_name(file) });
+            ev
+        }
+    }
+}
