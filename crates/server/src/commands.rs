@@ -342,10 +342,12 @@ fn plugins_list(settings: &Settings) -> Result<()> {
     let dir = &settings.plugin_dir;
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return cli::print_line(&format!(
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return cli::print_line(&format!(
             "no plugin folder at {} yet: `tokenwatch serve` creates it with the built-in detectors",
             dir.display()
-        )),
+        ))
+        }
         Err(e) => return Err(e).with_context(|| format!("reading {}", dir.display())),
     };
     let mut files: Vec<_> = entries
