@@ -53,8 +53,35 @@ pub const CSV_ALERT_COLUMNS: &[&str] = &[
     "status_note",
 ];
 
+/// Per-user summary CSV columns (`tokenwatch` admin reports). `user` is the username,
+/// else the token subject; `last_ip` is the client IP of the user's newest event.
+pub const CSV_USER_SUMMARY_COLUMNS: &[&str] = &[
+    "user",
+    "logins_ok",
+    "logins_failed",
+    "tokens_issued",
+    "failures",
+    "events",
+    "first_seen",
+    "last_seen",
+    "last_ip",
+];
+
+/// Per-client-IP summary CSV columns; `users` counts distinct users seen from the IP.
+pub const CSV_IP_SUMMARY_COLUMNS: &[&str] = &[
+    "client_ip",
+    "logins_ok",
+    "logins_failed",
+    "tokens_issued",
+    "failures",
+    "events",
+    "first_seen",
+    "last_seen",
+    "users",
+];
+
 /// UTC RFC 3339 with microseconds, e.g. `2024-05-01T12:00:00.000123Z`.
-pub(crate) fn rfc3339_us(t: i64) -> String {
+pub fn rfc3339_us(t: i64) -> String {
     match time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(t) * 1000) {
         Ok(d) => format!(
             "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}Z",

@@ -57,7 +57,10 @@ mod writer;
 
 pub use config::{StoreConfig, Synchronous};
 pub use error::StoreError;
-pub use export::{CSV_ALERT_COLUMNS, CSV_EVENT_COLUMNS};
+pub use export::{
+    rfc3339_us, CSV_ALERT_COLUMNS, CSV_EVENT_COLUMNS, CSV_IP_SUMMARY_COLUMNS,
+    CSV_USER_SUMMARY_COLUMNS,
+};
 pub use model::*;
 pub use reader::AuditReader;
 pub use schema::SCHEMA_VERSION;

@@ -489,6 +489,109 @@ impl AuditReader {
     }
 }
 
+impl AuditReader {
+    /// Open alerts (status `open` or `acknowledged` when `include_acknowledged`)
+    /// counted by severity, least severe first; severities with none are left out.
+    pub fn alert_counts_by_severity(
+        &self,
+        include_acknowledged: bool,
+    ) -> Result<Vec<(Severity, u64)>, StoreError> {
+        let statuses = if include_acknowledged {
+            "'open', 'acknowledged'"
+        } else {
+            "'open'"
+        };
+        let conn = self.conn()?;
+        let mut st = conn.prepare_cached(&format!(
+            "SELECT severity, count(*) FROM alerts WHERE status IN ({statuses}) GROUP BY severity"
+        ))?;
+        let rows = st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (s, n) = row?;
+            out.push((s.parse().unwrap_or(Severity::Critical), n as u64));
+        }
+        out.sort_by_key(|(s, _)| *s);
+        Ok(out)
+    }
+
+    /// Streams a per-user summary of the events matching `f` as CSV
+    /// ([`crate::CSV_USER_SUMMARY_COLUMNS`]), one row per user (the username, else the
+    /// token subject), ordered by user. Returns the number of data rows.
+    pub fn export_user_summary_csv<W: Write>(
+        &self,
+        f: &EventFilter,
+        out: W,
+    ) -> Result<u64, StoreError> {
+        let (w, p) = event_where(f, Who::Either);
+        // SQLite takes the bare column client_ip from the row holding max(time_us):
+        // the IP the user was last seen from.
+        let sql = format!(
+            "SELECT coalesce(username, subject) AS u,
+                    sum(kind = 'auth.login.success'), sum(kind = 'auth.login.failure'),
+                    sum(kind = 'token.issued'), sum(outcome = 'failure'), count(*),
+                    min(time_us), max(time_us), client_ip
+             FROM events WHERE ({w}) AND coalesce(username, subject) IS NOT NULL
+             GROUP BY u ORDER BY u"
+        );
+        self.summary_csv(&sql, p, crate::CSV_USER_SUMMARY_COLUMNS, out)
+    }
+
+    /// Streams a per-client-IP summary of the events matching `f` as CSV
+    /// ([`crate::CSV_IP_SUMMARY_COLUMNS`]), ordered by IP. Returns the number of rows.
+    pub fn export_ip_summary_csv<W: Write>(
+        &self,
+        f: &EventFilter,
+        out: W,
+    ) -> Result<u64, StoreError> {
+        let (w, p) = event_where(f, Who::Either);
+        let sql = format!(
+            "SELECT client_ip,
+                    sum(kind = 'auth.login.success'), sum(kind = 'auth.login.failure'),
+                    sum(kind = 'token.issued'), sum(outcome = 'failure'), count(*),
+                    min(time_us), max(time_us), count(DISTINCT coalesce(username, subject))
+             FROM events WHERE ({w}) AND client_ip IS NOT NULL
+             GROUP BY client_ip ORDER BY client_ip"
+        );
+        self.summary_csv(&sql, p, crate::CSV_IP_SUMMARY_COLUMNS, out)
+    }
+
+    /// Runs a summary query whose columns are: key, five counts, first and last
+    /// time, and one trailing text-or-count column.
+    fn summary_csv<W: Write>(
+        &self,
+        sql: &str,
+        params: Vec<Value>,
+        header: &[&str],
+        out: W,
+    ) -> Result<u64, StoreError> {
+        let conn = self.conn()?;
+        let mut st = conn.prepare(sql)?;
+        let mut rows = st.query(params_from_iter(params))?;
+        let mut csv = csv::Writer::from_writer(out);
+        csv.write_record(header)?;
+        let mut n = 0u64;
+        while let Some(r) = rows.next()? {
+            let key: String = r.get(0)?;
+            let mut rec: Vec<String> = vec![neutralize(&key).into_owned()];
+            for i in 1..=5 {
+                rec.push(r.get::<_, i64>(i)?.to_string());
+            }
+            rec.push(rfc3339_us(r.get(6)?));
+            rec.push(rfc3339_us(r.get(7)?));
+            let last = match r.get_ref(8)? {
+                rusqlite::types::ValueRef::Integer(i) => i.to_string(),
+                v => neutralize(v.as_str().unwrap_or("")).into_owned(),
+            };
+            rec.push(last);
+            csv.write_record(&rec)?;
+            n += 1;
+        }
+        csv.flush().map_err(|e| StoreError::Csv(e.into()))?;
+        Ok(n)
+    }
+}
+
 fn itoa_buf() -> String {
     String::with_capacity(20)
 }

@@ -21,6 +21,8 @@ pub struct AppState {
     pub metrics: Metrics,
     /// The detector plugins; `None` when the server runs without them (benches).
     pub detection: Option<Detection>,
+    /// Sessions, login back-off and report manifests of the admin UI.
+    pub admin: crate::admin::AdminUi,
 }
 
 /// The audit store could not commit the event; the decision must not be acted on.

@@ -166,6 +166,14 @@ pub enum KeysCmd {
 pub enum AuditCmd {
     /// Verify the hash chain against the signed checkpoints; names the first bad row.
     Verify,
+    /// Check a CSV report downloaded from the admin UI against its signed
+    /// manifest: signature (keys of the data directory), SHA-256, size, rows.
+    VerifyExport {
+        /// The downloaded CSV file.
+        csv: PathBuf,
+        /// The manifest (a JWS) downloaded with it.
+        manifest: PathBuf,
+    },
 }
 
 #[derive(Args, Debug)]

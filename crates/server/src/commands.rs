@@ -252,6 +252,24 @@ pub fn audit(settings: &Settings, cmd: AuditCmd) -> Result<()> {
             }
             Ok(())
         }
+        AuditCmd::VerifyExport { csv, manifest } => {
+            let m = crate::admin::reports::verify_export(
+                &settings.jwt_key_dir(),
+                settings.signing_alg,
+                &csv,
+                &manifest,
+            )?;
+            cli::print_line(&format!(
+                "OK: {} matches its signed manifest ({} report, {} rows, sha256 {}, by {} at {})",
+                csv.display(),
+                m["report"].as_str().unwrap_or("?"),
+                m["rows"],
+                m["sha256"].as_str().unwrap_or("?"),
+                m["generated_by"].as_str().unwrap_or("?"),
+                m["generated_at"].as_str().unwrap_or("?"),
+            ))?;
+            Ok(())
+        }
     }
 }
 

@@ -4,6 +4,7 @@
 //! It is glue: token decisions come from `token-core`, durable audit events go
 //! through `audit-store`. Every decision is committed before it is answered.
 
+pub mod admin;
 pub mod app;
 pub mod bearer;
 pub mod cli;

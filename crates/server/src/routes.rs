@@ -23,6 +23,7 @@ pub fn configure(cfg: &mut web::ServiceConfig, state: &web::Data<AppState>) {
         .route("/.well-known/jwks.json", web::get().to(jwks))
         .route("/healthz", web::get().to(healthz))
         .route("/metrics", web::get().to(metrics))
+        .configure(crate::admin::configure)
         .service(
             web::scope("/api/v1")
                 .wrap(bearer)

@@ -44,6 +44,7 @@ pub fn open_app_state_with(settings: &Settings, detectors: bool) -> Result<web::
         store,
         metrics: Metrics::default(),
         detection,
+        admin: Default::default(),
     }))
 }
 

@@ -427,6 +427,26 @@ impl TokenService {
         })
     }
 
+    /// Signs `payload` as a compact JWS with the active key, for signed documents
+    /// such as export manifests. Such a document carries none of the access-token
+    /// claims (`aud`, `exp`, `sub`...), so [`TokenService::verify`] refuses it:
+    /// it can never be used as a bearer token. Check it with
+    /// [`TokenService::verify_signature_only`].
+    pub fn sign_document(&self, payload: &Value) -> Result<String, IssueError> {
+        let payload = serde_json::to_vec(payload)
+            .map_err(|_| IssueError::InvalidRequest("document cannot be serialized as JSON"))?;
+        let keys = self.read_keys();
+        let key = keys.active_entry().ok_or(IssueError::NoSigningKey)?;
+        let header = json!({ "alg": key.alg().as_str(), "typ": "JWT", "kid": key.kid() });
+        let mut token = jws::b64url_encode(header.to_string().as_bytes());
+        token.push('.');
+        token.push_str(&jws::b64url_encode(&payload));
+        let signature = key.sign(token.as_bytes()).ok_or(IssueError::Signing)?;
+        token.push('.');
+        token.push_str(&jws::b64url_encode(&signature));
+        Ok(token)
+    }
+
     /// Full verification at the current time: shape, header, key, signature, claims,
     /// times, then revocation of the `jti` and of the `sid` family.
     pub fn verify(&self, token: &str) -> Result<VerifiedToken, Rejection> {
