@@ -137,9 +137,17 @@ fn type_into(tab: &Tab, selector: &str, text: &str) {
     tab.type_str(text).unwrap();
 }
 
-fn click_and_wait(tab: &Tab, selector: &str) {
+/// Clicks `selector` and waits until the page it leads to has `then`
+/// (a click navigates asynchronously, after the click call returns).
+fn click_then(tab: &Tab, selector: &str, then: &str) {
+    let marker = "window.__twBeforeClick";
+    js(tab, &format!("{marker} = true"));
     tab.wait_for_element(selector).unwrap().click().unwrap();
-    tab.wait_until_navigated().unwrap();
+    wait_for(&format!("{then} after clicking {selector}"), || {
+        let fresh = js(tab, &format!("typeof {marker} === 'undefined'"));
+        let found = js(tab, &format!("!!document.querySelector({then:?})"));
+        (fresh == true && found == true).then_some(())
+    });
 }
 
 fn csv_rows(text: &str) -> Vec<HashMap<String, String>> {
@@ -179,7 +187,7 @@ fn console_in_a_real_browser() {
     tab.wait_until_navigated().unwrap();
     type_into(&tab, "#username", "admin");
     type_into(&tab, "#password", ADMIN_PW);
-    click_and_wait(&tab, "#login-submit");
+    click_then(&tab, "#login-submit", "#charts");
     assert!(tab.get_url().ends_with("/admin/dashboard"), "{}", tab.get_url());
     assert_eq!(
         js(&tab, "document.getElementById('whoami').textContent"),
@@ -250,7 +258,7 @@ fn console_in_a_real_browser() {
     tab.navigate_to(&s.url("/admin/events")).unwrap();
     tab.wait_until_navigated().unwrap();
     type_into(&tab, "#filter-user", EVIL_USER);
-    click_and_wait(&tab, "#filter-submit");
+    click_then(&tab, "#filter-submit", "#events");
     let shown = js_json(
         &tab,
         "JSON.stringify(Array.from(document.querySelectorAll('#events tbody tr')).map(function (tr) {
@@ -280,9 +288,13 @@ fn console_in_a_real_browser() {
     // Acknowledge the alert.
     tab.navigate_to(&s.url("/admin/alerts?status=open")).unwrap();
     tab.wait_until_navigated().unwrap();
-    click_and_wait(&tab, &format!("a[href='/admin/alerts/{}']", alert.id));
+    click_then(
+        &tab,
+        &format!("a[href='/admin/alerts/{}']", alert.id),
+        "#alert-actions",
+    );
     type_into(&tab, "#alert-actions input[name=note]", "seen, looking into it");
-    click_and_wait(&tab, "#ack");
+    click_then(&tab, "#ack", "#alert-status");
     assert_eq!(
         js(&tab, "document.getElementById('alert-status').textContent"),
         "acknowledged"
