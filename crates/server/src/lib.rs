@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod oauth;
 pub mod passwords;
 pub mod request_meta;
+pub mod response;
 pub mod routes;
 pub mod serve;
 pub mod state;
