@@ -62,5 +62,7 @@ fn run(cli: cli::Cli) -> anyhow::Result<()> {
         Command::Audit(cmd) => commands::audit(&settings, cmd),
         Command::Export(args) => commands::export(&settings, args),
         Command::Plugins(cmd) => commands::plugins(&settings, cmd),
+        Command::Exceptions(cmd) => commands::exceptions(&settings, cmd),
+        Command::Lockouts(cmd) => commands::lockouts(&settings, cmd),
     }
 }

@@ -70,7 +70,7 @@ async fn metrics(data: Data) -> HttpResponse {
     let plugins = data
         .detection
         .as_ref()
-        .map(|d| d.host().metrics_text())
+        .map(|d| d.metrics_text())
         .unwrap_or_default();
     let text = data.metrics.render(&data.store.health(), &plugins);
     HttpResponse::Ok()

@@ -32,7 +32,7 @@ pub fn open_app_state_with(settings: &Settings, detectors: bool) -> Result<web::
         Arc::new(AuditStore::open(settings.store_config()).context("opening the audit store")?);
     bootstrap_admin(&state, &store)?;
     let detection = if detectors {
-        Some(Detection::start(settings, &store)?)
+        Some(Detection::start(settings, &store, state.clone())?)
     } else {
         None
     };
