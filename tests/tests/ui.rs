@@ -554,6 +554,29 @@ fn console_security_over_http() {
     assert_eq!(a.status, AlertStatus::Suppressed);
     assert_eq!(a.status_by.as_deref(), Some("analyst"));
 
+    // An exception for the alert's user, added from the alert, listed, expired.
+    let alert_page = analyst.get(&format!("/admin/alerts/{}", alert.id)).text().unwrap();
+    assert!(alert_page.contains("/admin/exceptions/new?detector=brute-force"), "no exception link");
+    let added = analyst.post(
+        "/admin/exceptions",
+        &[
+            ("csrf", &csrf),
+            ("detector", "brute-force"),
+            ("user", "victim"),
+            ("reason", "pen test <b>until Friday</b>"),
+            ("hours", "2"),
+        ],
+    );
+    assert_eq!(added.status(), 303);
+    let list = analyst.get("/admin/exceptions").text().unwrap();
+    assert!(list.contains("pen test &lt;b&gt;until Friday&lt;/b&gt;"), "{list}");
+    let at = list.find("/admin/exceptions/").unwrap();
+    let expire = list[at..].split('"').next().unwrap().to_string();
+    assert!(expire.ends_with("/expire"), "{expire}");
+    assert_eq!(analyst.post(&expire, &[("csrf", &csrf)]).status(), 303);
+    let list = analyst.get("/admin/exceptions").text().unwrap();
+    assert!(list.contains("exc-revoked") && !list.contains("exc-active"), "{list}");
+
     // An admin may reload a plugin.
     let mut admin = Console::new(&s);
     assert_eq!(admin.login("admin", ADMIN_PW).status(), 303);

@@ -64,6 +64,10 @@ pub mod kinds {
     pub const PLUGIN_LOADED: &str = "plugin.loaded";
     pub const PLUGIN_FAILED: &str = "plugin.failed";
     pub const PLUGIN_UNLOADED: &str = "plugin.unloaded";
+    /// An account locked or a client IP throttled at the token endpoint, in response to an alert.
+    pub const LOCKOUT_APPLIED: &str = "lockout.applied";
+    /// A lockout lifted early by an operator.
+    pub const LOCKOUT_LIFTED: &str = "lockout.lifted";
 
     /// Every kind above, in documentation order.
     pub const ALL: &[&str] = &[
@@ -83,6 +87,8 @@ pub mod kinds {
         PLUGIN_LOADED,
         PLUGIN_FAILED,
         PLUGIN_UNLOADED,
+        LOCKOUT_APPLIED,
+        LOCKOUT_LIFTED,
     ];
 }
 

@@ -50,9 +50,54 @@ pub enum Command {
     Audit(AuditCmd),
     /// Export audit events or alerts as CSV.
     Export(ExportArgs),
+    /// Analyst exceptions: silence a detector for a user or an IP range, with a reason and an expiry.
+    #[command(subcommand)]
+    Exceptions(ExceptionsCmd),
+    /// Accounts locked and client IPs throttled in response to alerts.
+    #[command(subcommand)]
+    Lockouts(LockoutsCmd),
     /// Inspect detector plugins: list the folder, check a file, backtest over history.
     #[command(subcommand)]
     Plugins(PluginsCmd),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ExceptionsCmd {
+    /// Add an exception; alerts it covers are not raised.
+    Add {
+        /// Plugin name (e.g. brute-force), or * for every detector.
+        #[arg(long)]
+        detector: String,
+        /// Username or subject the exception covers.
+        #[arg(long)]
+        user: Option<String>,
+        /// Client IP address or CIDR range the exception covers.
+        #[arg(long)]
+        ip: Option<String>,
+        /// Why, for the next analyst.
+        #[arg(long)]
+        reason: String,
+        /// How long it lasts, e.g. 30m, 12h, 7d (default: until revoked).
+        #[arg(long)]
+        expires_in: Option<String>,
+    },
+    /// List every exception, with whether it still applies.
+    List,
+    /// Stop an exception now.
+    Revoke { id: i64 },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum LockoutsCmd {
+    /// List running lockouts.
+    List,
+    /// End a lockout now.
+    Lift {
+        #[arg(long, conflicts_with = "ip", required_unless_present = "ip")]
+        user: Option<String>,
+        #[arg(long)]
+        ip: Option<String>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -83,6 +128,10 @@ pub struct ServeArgs {
     /// Address to listen on (default 127.0.0.1:8080; port 0 picks a free port).
     #[arg(long, env = "TOKENWATCH_LISTEN")]
     pub listen: Option<String>,
+    /// Generate realistic traffic, attacks included, against this server so the
+    /// dashboard and detectors come alive. Creates demo users. Not for production.
+    #[arg(long)]
+    pub demo: bool,
 }
 
 #[derive(Subcommand, Debug)]

@@ -8,8 +8,8 @@ use serde_json::json;
 use token_core::{AccessRequest, Alg, KeyRing, TokenService};
 
 use crate::cli::{
-    self, AuditCmd, ClientKindArg, ClientsCmd, ExportArgs, ExportWhat, KeysCmd, PluginsCmd,
-    RoleArg, TokenCmd, UsersCmd,
+    self, AuditCmd, ClientKindArg, ClientsCmd, ExceptionsCmd, ExportArgs, ExportWhat, KeysCmd,
+    LockoutsCmd, PluginsCmd, RoleArg, TokenCmd, UsersCmd,
 };
 use crate::config::Settings;
 use crate::datadir::DataDirLock;
@@ -492,4 +492,149 @@ fn format_time_us(us: i64) -> String {
                 .ok()
         })
         .unwrap_or_else(|| us.to_string())
+}
+
+pub fn exceptions(settings: &Settings, cmd: ExceptionsCmd) -> Result<()> {
+    let state = StateDb::open(&settings.state_db_path())?;
+    match cmd {
+        ExceptionsCmd::List => {
+            let now = crate::state::now_secs();
+            for e in state.list_exceptions()? {
+                let status = if e.revoked {
+                    "revoked"
+                } else if e.is_active(now) {
+                    "active"
+                } else {
+                    "expired"
+                };
+                cli::print_line(&format!(
+                    "#{}  {status:<7}  detector={}  user={}  ip={}  expires={}  by={}  reason={}",
+                    e.id,
+                    e.detector,
+                    e.user.as_deref().unwrap_or("*"),
+                    e.ip.as_deref().unwrap_or("*"),
+                    e.expires_at
+                        .map(|t| format_time_us(t * 1_000_000))
+                        .unwrap_or_else(|| "never".into()),
+                    e.created_by,
+                    e.reason
+                ))?;
+            }
+            Ok(())
+        }
+        ExceptionsCmd::Add {
+            detector,
+            user,
+            ip,
+            reason,
+            expires_in,
+        } => {
+            let expires_at = expires_in
+                .as_deref()
+                .map(parse_duration_secs)
+                .transpose()?
+                .map(|secs| crate::state::now_secs() + secs);
+            let session = AdminSession::open(settings)?;
+            let e = state.add_exception(&crate::state::NewException {
+                detector,
+                user,
+                ip,
+                reason,
+                created_by: operator(),
+                expires_at,
+            })?;
+            session.record(
+                "exceptions add",
+                Outcome::Success,
+                serde_json::to_value(&e).unwrap_or_default(),
+            )?;
+            session.close()?;
+            cli::print_line(&format!("added exception #{}", e.id))
+        }
+        ExceptionsCmd::Revoke { id } => {
+            let session = AdminSession::open(settings)?;
+            let revoked = state.revoke_exception(id)?;
+            let outcome = if revoked {
+                Outcome::Success
+            } else {
+                Outcome::Failure
+            };
+            session.record("exceptions revoke", outcome, json!({ "id": id }))?;
+            session.close()?;
+            if !revoked {
+                bail!("no active exception #{id}");
+            }
+            cli::print_line(&format!("revoked exception #{id}"))
+        }
+    }
+}
+
+pub fn lockouts(settings: &Settings, cmd: LockoutsCmd) -> Result<()> {
+    let state = StateDb::open(&settings.state_db_path())?;
+    match cmd {
+        LockoutsCmd::List => {
+            for l in state.list_lockouts()? {
+                cli::print_line(&format!(
+                    "{} {}  until {}  (lockout #{} in a row)  {}",
+                    l.kind,
+                    l.key,
+                    format_time_us(l.until * 1_000_000),
+                    l.level,
+                    l.reason
+                ))?;
+            }
+            Ok(())
+        }
+        LockoutsCmd::Lift { user, ip } => {
+            let (kind, key) = match (user, ip) {
+                (Some(u), _) => ("user", u),
+                (None, Some(ip)) => ("ip", ip),
+                (None, None) => bail!("name a --user or an --ip"),
+            };
+            let session = AdminSession::open(settings)?;
+            let lifted = state.lift_lockout(kind, &key)?;
+            if lifted {
+                let mut ev = NewEvent::new(kinds::LOCKOUT_LIFTED, Outcome::Success);
+                if kind == "user" {
+                    ev.username = Some(key.clone());
+                } else {
+                    ev.client_ip = Some(key.clone());
+                }
+                ev.method = Some("CLI".into());
+                ev.detail = json!({ "lock": kind, "key": key, "by": operator() });
+                session
+                    .store
+                    .writer()
+                    .record_blocking(ev)
+                    .context("recording the audit event")?;
+            }
+            session.close()?;
+            if !lifted {
+                bail!("{kind} {key} is not locked");
+            }
+            cli::print_line(&format!("lifted the lockout of {kind} {key}"))
+        }
+    }
+}
+
+/// `90`, `30s`, `15m`, `12h` or `7d` as seconds.
+fn parse_duration_secs(text: &str) -> Result<i64> {
+    let text = text.trim();
+    let (number, unit) = match text.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => (&text[..i], c),
+        _ => (text, 's'),
+    };
+    let n: i64 = number
+        .parse()
+        .ok()
+        .filter(|n| *n > 0)
+        .with_context(|| format!("{text:?}: expected a duration such as 30m, 12h or 7d"))?;
+    let unit_secs = match unit {
+        's' => 1,
+        'm' => 60,
+        'h' => 3600,
+        'd' => 86_400,
+        other => bail!("{text:?}: unknown unit {other:?}; use s, m, h or d"),
+    };
+    n.checked_mul(unit_secs).context("duration too long")
 }

@@ -40,6 +40,11 @@ pub struct FileConfig {
     pub log_level: Option<String>,
     #[serde(default)]
     pub audit: AuditFileConfig,
+    #[serde(default)]
+    pub response: ResponseFileConfig,
+    /// Reverse proxies (addresses or CIDR ranges) whose `X-Forwarded-For` is
+    /// believed. Empty by default: the peer address is the client.
+    pub trusted_proxies: Option<Vec<String>>,
     /// Per-plugin configuration, passed to the plugin's create() as JSON.
     #[serde(default)]
     pub plugins: toml::Table,
@@ -54,6 +59,20 @@ pub struct AuditFileConfig {
     pub checkpoint_interval_secs: Option<u64>,
     /// Write one ECS JSON line per audit event under `<data_dir>/security-log/`.
     pub security_log: Option<bool>,
+}
+
+/// `[response]`: what alerts do at the token endpoint.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResponseFileConfig {
+    /// Lock the targeted account on a brute-force alert (default true).
+    pub lock_accounts: Option<bool>,
+    /// Throttle the offending client IP on a password-spraying alert (default true).
+    pub throttle_ips: Option<bool>,
+    /// First lockout length; each further one in a row doubles it (default 60).
+    pub lockout_base_secs: Option<u64>,
+    /// Longest lockout (default 3600).
+    pub lockout_max_secs: Option<u64>,
 }
 
 impl FileConfig {
@@ -101,6 +120,16 @@ pub struct Settings {
     pub checkpoint_interval: Duration,
     pub security_log: bool,
     pub plugin_config: std::collections::HashMap<String, serde_json::Value>,
+    pub response: ResponsePolicy,
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+}
+
+/// What the server does when a detector raises an alert.
+#[derive(Debug, Clone)]
+pub struct ResponsePolicy {
+    pub lock_accounts: bool,
+    pub throttle_ips: bool,
+    pub lockout: crate::response::LockoutPolicy,
 }
 
 /// What the command line (or its environment variables) set explicitly.
@@ -160,7 +189,32 @@ impl Settings {
                 (name, json)
             })
             .collect();
+        let trusted_proxies = file
+            .trusted_proxies
+            .unwrap_or_default()
+            .iter()
+            .map(|p| {
+                p.parse::<ipnet::IpNet>()
+                    .or_else(|_| p.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                    .map_err(|_| ConfigError::Invalid {
+                        key: "trusted_proxies",
+                        message: format!("{p:?} is not an IP address or CIDR range"),
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let base = file.response.lockout_base_secs.unwrap_or(60).max(1);
+        let response = ResponsePolicy {
+            lock_accounts: file.response.lock_accounts.unwrap_or(true),
+            throttle_ips: file.response.throttle_ips.unwrap_or(true),
+            lockout: crate::response::LockoutPolicy {
+                base_secs: i64::try_from(base).unwrap_or(i64::MAX),
+                max_secs: i64::try_from(file.response.lockout_max_secs.unwrap_or(3600).max(base))
+                    .unwrap_or(i64::MAX),
+            },
+        };
         Ok(Settings {
+            response,
+            trusted_proxies,
             listen,
             plugin_dir,
             issuer: file.issuer.unwrap_or_else(|| "tokenwatch".into()),

@@ -3,7 +3,7 @@
 //! into the store. Nothing here is on the request path.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -13,7 +13,8 @@ use audit_store::{kinds, AuditReader, AuditStore, AuditWriter, NewAlert, NewEven
 use plugin_host::{AlertRecord, EventRecord, HostConfig, HostSink, Lifecycle, PluginHost};
 use serde_json::json;
 
-use crate::config::Settings;
+use crate::config::{ResponsePolicy, Settings};
+use crate::state::{Lockout, StateDb};
 
 /// The detectors shipped in `plugins/`, by crate library name. They are built
 /// beside the `tokenwatch` binary by `cargo build --workspace`.
@@ -33,6 +34,7 @@ const FEED_BATCH: usize = 4096;
 /// The running detection pipeline; dropping it stops the feeder, then the host.
 pub struct Detection {
     host: Arc<PluginHost>,
+    suppressed: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
     feeder: Option<JoinHandle<()>>,
 }
@@ -40,7 +42,11 @@ pub struct Detection {
 impl Detection {
     /// Prepares the plugin folder, loads every plugin in it, and starts
     /// feeding events committed from now on.
-    pub fn start(settings: &Settings, store: &AuditStore) -> Result<Detection> {
+    pub fn start(
+        settings: &Settings,
+        store: &AuditStore,
+        state: Arc<StateDb>,
+    ) -> Result<Detection> {
         prepare_plugin_dir(&settings.plugin_dir)?;
         let cfg = HostConfig {
             plugin_dir: settings.plugin_dir.clone(),
@@ -50,8 +56,12 @@ impl Detection {
             tick_interval: Duration::from_secs(1),
             watch: true,
         };
+        let suppressed = Arc::new(AtomicU64::new(0));
         let sink = Arc::new(StoreSink {
             writer: store.writer(),
+            state,
+            policy: settings.response.clone(),
+            suppressed: suppressed.clone(),
         });
         let host = Arc::new(PluginHost::start(cfg, sink).with_context(|| {
             format!(
@@ -75,6 +85,7 @@ impl Detection {
             .context("starting the detector feeder thread")?;
         Ok(Detection {
             host,
+            suppressed,
             stop,
             feeder: Some(feeder),
         })
@@ -82,6 +93,16 @@ impl Detection {
 
     pub fn host(&self) -> &PluginHost {
         &self.host
+    }
+
+    /// Prometheus text for the plugins and the exceptions.
+    pub fn metrics_text(&self) -> String {
+        let mut text = self.host.metrics_text();
+        text.push_str(&format!(
+            "# HELP tokenwatch_alerts_suppressed_total Alerts not raised because an analyst exception covers them.\n# TYPE tokenwatch_alerts_suppressed_total counter\ntokenwatch_alerts_suppressed_total {}\n",
+            self.suppressed.load(Ordering::Relaxed)
+        ));
+        text
     }
 }
 
@@ -209,13 +230,93 @@ pub fn severity(s: plugin_host::Severity) -> audit_store::Severity {
     }
 }
 
-/// Delivers what the host produces into the audit store.
+/// The detectors whose alerts lock the targeted account, and those whose
+/// alerts throttle the offending client IP.
+const LOCKING_DETECTORS: [&str; 1] = ["brute-force"];
+const THROTTLING_DETECTORS: [&str; 1] = ["password-spray"];
+
+/// Delivers what the host produces into the audit store, after the
+/// analysts' exceptions, and applies the lockout policy.
 struct StoreSink {
     writer: AuditWriter,
+    state: Arc<StateDb>,
+    policy: ResponsePolicy,
+    suppressed: Arc<AtomicU64>,
+}
+
+impl StoreSink {
+    fn excepted(&self, a: &AlertRecord) -> bool {
+        match self
+            .state
+            .exception_covering(&a.plugin, a.subject.as_deref(), a.client_ip.as_deref())
+        {
+            Ok(Some(e)) => {
+                tracing::debug!(detector = %a.plugin, exception = e.id, "alert suppressed by an exception");
+                true
+            }
+            Ok(None) => false,
+            // Fail towards alerting: a lost exception is a false alarm, a
+            // lost alert may be a missed attack.
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read exceptions; alerting anyway");
+                false
+            }
+        }
+    }
+
+    fn respond(&self, a: &AlertRecord) {
+        let target = if self.policy.lock_accounts && LOCKING_DETECTORS.contains(&a.plugin.as_str())
+        {
+            a.subject.as_deref().map(|s| ("user", s))
+        } else if self.policy.throttle_ips && THROTTLING_DETECTORS.contains(&a.plugin.as_str()) {
+            a.client_ip.as_deref().map(|ip| ("ip", ip))
+        } else {
+            None
+        };
+        let Some((kind, key)) = target else {
+            return;
+        };
+        let reason = format!("{} alert: {}", a.plugin, a.rule);
+        match self
+            .state
+            .apply_lockout(kind, key, &reason, self.policy.lockout)
+        {
+            Ok(Some(lock)) => {
+                tracing::warn!(%kind, %key, until = lock.until, level = lock.level, "lockout applied");
+                let ev = lockout_event(&lock, &a.plugin, &a.group_key);
+                if let Err(e) = self.writer.submit(ev) {
+                    tracing::error!(error = %e, "the lockout event could not be queued");
+                }
+            }
+            Ok(None) => {}
+            Err(e) => tracing::error!(error = %e, %kind, "lockout could not be applied"),
+        }
+    }
+}
+
+/// The audit event of a lockout the server applied.
+pub fn lockout_event(lock: &Lockout, detector: &str, group_key: &str) -> NewEvent {
+    let mut ev = NewEvent::new(kinds::LOCKOUT_APPLIED, Outcome::Success);
+    if lock.kind == "user" {
+        ev.username = Some(lock.key.clone());
+    } else {
+        ev.client_ip = Some(lock.key.clone());
+    }
+    ev.reason = Some(detector.to_string());
+    ev.detail = json!({
+        "lock": lock.kind, "key": lock.key, "until": lock.until, "level": lock.level,
+        "detector": detector, "group_key": group_key,
+    });
+    ev
 }
 
 impl HostSink for StoreSink {
     fn alert(&self, a: AlertRecord) {
+        if self.excepted(&a) {
+            self.suppressed.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        self.respond(&a);
         let alert = NewAlert {
             time_us: a.time_us,
             detector: a.plugin,

@@ -11,12 +11,14 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod datadir;
+pub mod demo;
 pub mod detection;
 pub mod logging;
 pub mod metrics;
 pub mod oauth;
 pub mod passwords;
 pub mod request_meta;
+pub mod response;
 pub mod routes;
 pub mod serve;
 pub mod state;
@@ -54,7 +56,7 @@ fn run(cli: cli::Cli) -> anyhow::Result<()> {
         let _ = logging::init(None, "warn");
     }
     match cli.command {
-        Command::Serve(_) => serve::run(settings),
+        Command::Serve(a) => serve::run(settings, a.demo),
         Command::Users(cmd) => commands::users(&settings, cmd),
         Command::Clients(cmd) => commands::clients(&settings, cmd),
         Command::Token(cmd) => commands::token(&settings, cmd),
@@ -62,5 +64,7 @@ fn run(cli: cli::Cli) -> anyhow::Result<()> {
         Command::Audit(cmd) => commands::audit(&settings, cmd),
         Command::Export(args) => commands::export(&settings, args),
         Command::Plugins(cmd) => commands::plugins(&settings, cmd),
+        Command::Exceptions(cmd) => commands::exceptions(&settings, cmd),
+        Command::Lockouts(cmd) => commands::lockouts(&settings, cmd),
     }
 }

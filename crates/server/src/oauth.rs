@@ -32,6 +32,9 @@ pub enum OAuthError {
     UnsupportedGrantType,
     #[error("temporarily_unavailable")]
     Unavailable,
+    /// The client IP is throttled after a password-spraying alert.
+    #[error("throttled")]
+    Throttled { retry_after_secs: i64 },
 }
 
 impl From<AuditUnavailable> for OAuthError {
@@ -45,6 +48,7 @@ impl ResponseError for OAuthError {
         match self {
             OAuthError::InvalidClient { .. } => StatusCode::UNAUTHORIZED,
             OAuthError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            OAuthError::Throttled { .. } => StatusCode::TOO_MANY_REQUESTS,
             _ => StatusCode::BAD_REQUEST,
         }
     }
@@ -68,6 +72,10 @@ impl ResponseError for OAuthError {
                 "temporarily_unavailable",
                 Some("the audit store cannot record this decision; try again later"),
             ),
+            OAuthError::Throttled { .. } => (
+                "temporarily_unavailable",
+                Some("too many failed logins from this address; retry later"),
+            ),
         };
         let mut body = json!({ "error": code });
         if let Some(d) = description {
@@ -76,6 +84,9 @@ impl ResponseError for OAuthError {
         let mut resp = HttpResponse::build(self.status_code());
         resp.insert_header((header::CACHE_CONTROL, "no-store"))
             .insert_header((header::PRAGMA, "no-cache"));
+        if let OAuthError::Throttled { retry_after_secs } = self {
+            resp.insert_header((header::RETRY_AFTER, retry_after_secs.max(&1).to_string()));
+        }
         if let OAuthError::InvalidClient { via_basic: true } = self {
             resp.insert_header((
                 header::WWW_AUTHENTICATE,
@@ -261,6 +272,49 @@ pub async fn token(
     }
 }
 
+/// A throttled client IP gets 429 with Retry-After; a locked account gets the
+/// same answer as a wrong password, so the lock tells an attacker nothing.
+/// Both refusals are audited, and neither costs a password hash.
+async fn refuse_locked_out(
+    data: &Data,
+    meta: &RequestMeta,
+    username: &str,
+    client_id: Option<&str>,
+) -> Result<(), OAuthError> {
+    let now = crate::state::now_secs();
+    let ip_lock = match &meta.client_ip {
+        Some(ip) => data.state.active_lockout("ip", ip),
+        None => Ok(None),
+    };
+    let (reason, lock) = match ip_lock {
+        Ok(Some(lock)) => ("ip_throttled", lock),
+        Ok(None) => match data.state.active_lockout("user", username) {
+            Ok(Some(lock)) => ("account_locked", lock),
+            Ok(None) => return Ok(()),
+            Err(e) => return Err(lockout_lookup_failed(e)),
+        },
+        Err(e) => return Err(lockout_lookup_failed(e)),
+    };
+    let mut ev = meta.event(kinds::AUTH_LOGIN_FAILURE, Outcome::Failure);
+    ev.reason = Some(reason.into());
+    ev.username = Some(crate::request_meta::truncate(username, 128));
+    ev.detail =
+        json!({ "grant_type": "password", "client_id": client_id, "locked_until": lock.until });
+    data.record(ev).await?;
+    Err(if reason == "ip_throttled" {
+        OAuthError::Throttled {
+            retry_after_secs: lock.until - now,
+        }
+    } else {
+        OAuthError::InvalidGrant
+    })
+}
+
+fn lockout_lookup_failed(e: crate::state::StateError) -> OAuthError {
+    tracing::error!(error = %e, "lockout lookup failed");
+    OAuthError::Unavailable
+}
+
 enum LoginCheck {
     Ok(User),
     UnknownUser,
@@ -282,6 +336,8 @@ async fn password_grant(
     }
     let username = form.require("username")?.to_string();
     let password = form.require("password")?.to_string();
+    let client_id = client.as_ref().map(|c| c.client_id.clone());
+    refuse_locked_out(data, meta, &username, client_id.as_deref()).await?;
     let state = data.state.clone();
     let name = username.clone();
     // argon2id costs tens of milliseconds of CPU: keep it off the async workers.
@@ -305,7 +361,6 @@ async fn password_grant(
         OAuthError::Unavailable
     })?;
 
-    let client_id = client.as_ref().map(|c| c.client_id.clone());
     let user = match check {
         LoginCheck::Ok(user) => user,
         failed => {

@@ -14,6 +14,8 @@ use token_core::{RefreshRecord, RefreshStore, RevocationStore, StoreFailure};
 
 use crate::passwords;
 
+pub use crate::response::{Exception, Lockout, NewException};
+
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
     #[error("state database {path}: {source}")]
@@ -109,7 +111,8 @@ impl ClientKind {
     }
 }
 
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE users (
     username      TEXT PRIMARY KEY,
     subject       TEXT NOT NULL UNIQUE,
@@ -144,7 +147,30 @@ CREATE TABLE revocations (
     until INTEGER NOT NULL,
     PRIMARY KEY (kind, id)
 );
-"#];
+"#,
+    r#"
+CREATE TABLE exceptions (
+    id         INTEGER PRIMARY KEY,
+    detector   TEXT NOT NULL,
+    user       TEXT,
+    ip         TEXT,
+    reason     TEXT NOT NULL,
+    created_by TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    expires_at INTEGER,
+    revoked    INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE lockouts (
+    kind       TEXT NOT NULL CHECK (kind IN ('user', 'ip')),
+    key        TEXT NOT NULL,
+    until      INTEGER NOT NULL,
+    level      INTEGER NOT NULL,
+    reason     TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    PRIMARY KEY (kind, key)
+);
+"#,
+];
 
 pub struct StateDb {
     conn: Mutex<Connection>,
@@ -175,7 +201,7 @@ impl StateDb {
         Ok(db)
     }
 
-    fn conn(&self) -> MutexGuard<'_, Connection> {
+    pub(crate) fn conn(&self) -> MutexGuard<'_, Connection> {
         // A panic while holding the lock cannot leave SQLite inconsistent (every
         // statement is atomic), so a poisoned lock is safe to keep using.
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
@@ -209,6 +235,20 @@ impl StateDb {
         Ok(self
             .conn()
             .query_row("SELECT count(*) FROM users", [], |r| r.get(0))?)
+    }
+
+    /// Replaces a user's password hash. False when there is no such user.
+    pub fn set_password(&self, username: &str, password: &str) -> Result<bool, StateError> {
+        if password.chars().count() < 12 {
+            return Err(StateError::Invalid(
+                "password must be at least 12 characters".into(),
+            ));
+        }
+        let hash = passwords::hash(password).map_err(StateError::Hash)?;
+        Ok(self.conn().execute(
+            "UPDATE users SET password_hash = ?2 WHERE username = ?1",
+            params![username, hash],
+        )? > 0)
     }
 
     /// Creates a user with an argon2id hash of `password`.

@@ -23,31 +23,41 @@
 //! evening), which is why `min_signals` defaults to 2; set it to 1 for the
 //! strict reading "anything never seen before". The profile keeps
 //! learning from every event, alerting or not. One alert per user per
-//! incident; the incident ends after `incident_quiet_secs` without an
-//! anomalous event (on events and on `tick`).
+//! incident: later anomalous events of the user, and further events from
+//! the IP and User-Agent that raised it, are attached to it as evidence (an
+//! update at most every `update_secs`); the incident ends after
+//! `incident_quiet_secs` without one (on events and on `tick`).
 //!
 //! # Alert
 //!
 //! - rule: `account-anomaly`
+//! - severity: `medium` with two signals, `high` with all three.
 //! - group key: `user:<username or subject>` — match user exceptions on it
 //!   or on the alert's `subject`.
-//! - client_ip: the IP of the anomalous event. evidence: that event.
+//! - client_ip: the IP of the anomalous event. evidence: that event, then
+//!   the incident's later events.
 //!
 //! # Config (JSON), every key optional
 //!
-//! ```json
-//! { "kinds": ["auth.login.success", "access.granted"],
-//!   "warmup_events": 30, "warmup_days": 5, "min_signals": 2,
-//!   "ipv4_prefix": 16, "ipv6_prefix": 48,
-//!   "max_networks": 16, "max_user_agents": 8, "rare_hour_share": 0.02,
-//!   "severity": "medium", "all_signals_severity": "high",
-//!   "incident_quiet_secs": 3600, "max_tracked_users": 100000 }
-//! ```
+//! | key | default | meaning |
+//! |---|---|---|
+//! | `kinds` | `["auth.login.success", "access.granted"]` | successful events profiled |
+//! | `warmup_events` | `30` | events a profile needs before it alerts |
+//! | `warmup_days` | `5` | distinct days a profile needs before it alerts |
+//! | `min_signals` | `2` | signals (new network, new agent, unusual hour) that raise an alert (1..=3) |
+//! | `ipv4_prefix` / `ipv6_prefix` | `16` / `48` | bits of the IP that make a "network" |
+//! | `max_networks` / `max_user_agents` | `16` / `8` | remembered per user (newest kept, ≤ 256) |
+//! | `rare_hour_share` | `0.02` | share of activity below which an hour (± 1) is unusual |
+//! | `severity` | `"medium"` | severity with fewer than three signals |
+//! | `all_signals_severity` | `"high"` | severity with all three |
+//! | `incident_quiet_secs` | `3600` | quiet time that ends an incident |
+//! | `update_secs` | `60` | at most one evidence update per incident this often |
+//! | `max_tracked_users` | `100000` | hard cap on user profiles (least recently active forgotten) |
 
 use std::net::IpAddr;
 
 use detector_sdk::kit::{
-    at_least, parse_severity, secs_to_us, BoundedMap, ConfigError, Incident, Key, KeyHasher,
+    at_least, parse_severity, secs_to_us, BoundedMap, ConfigError, IncidentAlert, Key, KeyHasher,
 };
 use detector_sdk::{Alert, Alerts, Batch, Detector, Event, Severity};
 use serde::Deserialize;
@@ -78,6 +88,7 @@ struct Config {
     severity: String,
     all_signals_severity: String,
     incident_quiet_secs: u64,
+    update_secs: u64,
     max_tracked_users: usize,
 }
 
@@ -96,6 +107,7 @@ impl Default for Config {
             severity: "medium".into(),
             all_signals_severity: "high".into(),
             incident_quiet_secs: 3600,
+            update_secs: 60,
             max_tracked_users: 100_000,
         }
     }
@@ -113,7 +125,9 @@ struct Profile {
     /// them, and then neither the network nor the agent can be new.
     last_ip: Option<Key>,
     last_ua: Option<Key>,
-    incident: Incident,
+    /// Raw IP and User-Agent keys of the event that raised the open alert.
+    incident_from: Option<(Option<Key>, Option<Key>)>,
+    alert: IncidentAlert,
 }
 
 impl Profile {
@@ -171,6 +185,7 @@ pub struct AccountAnomaly {
     severity: Severity,
     all_signals_severity: Severity,
     quiet_us: i64,
+    update_us: i64,
     hasher: KeyHasher,
     users: BoundedMap<Profile>,
 }
@@ -179,6 +194,11 @@ impl AccountAnomaly {
     /// Users currently profiled.
     pub fn tracked(&self) -> usize {
         self.users.len()
+    }
+
+    /// The hard cap on user profiles.
+    pub fn cap(&self) -> usize {
+        self.users.cap()
     }
 
     /// The masked network of `ip` and its text (e.g. `203.0.0.0/16`).
@@ -238,7 +258,14 @@ impl AccountAnomaly {
         let same_ua = ua_key.is_some() && p.last_ua == ua_key;
         let warmed = p.warmed(warmup_events, warmup_days);
         let odd_hour = warmed && p.rare_hour(hour, share);
-        p.incident.close_if_quiet(now, self.quiet_us);
+        p.alert.close_if_quiet(now, self.quiet_us, out)?;
+        if !p.alert.is_open() {
+            p.incident_from = None;
+        } else if p.incident_from == Some((ip_key, ua_key)) {
+            // More from the party that raised the alert.
+            p.alert.add_evidence(ev.id(), now);
+            p.alert.flush_due(now, self.update_us, out)?;
+        }
         if same_ip && same_ua {
             // Fast path: neither the network nor the agent can be new.
             p.learn_hour(hour, day);
@@ -301,11 +328,18 @@ impl AccountAnomaly {
         } else {
             self.severity
         };
+        let ip_ua = (
+            ev.client_ip().map(|s| self.hasher.key(s)),
+            ev.user_agent().map(|s| self.hasher.key(s)),
+        );
         let Some(p) = self.users.get_mut(user_key) else {
             return Ok(());
         };
-        p.incident.touch(now);
-        if !p.incident.escalate(severity, now) {
+        if p.alert.raised().is_some_and(|s| s >= severity) {
+            if p.incident_from != Some(ip_ua) {
+                p.alert.add_evidence(ev.id(), now);
+            }
+            p.alert.flush_due(now, self.update_us, out)?;
             return Ok(());
         }
         let action = if ev.kind() == "auth.login.success" {
@@ -318,15 +352,20 @@ impl AccountAnomaly {
             ev.client_ip().unwrap_or("an unknown IP"),
             signals.join(", ")
         );
-        out.emit(&Alert {
-            rule: RULE,
-            severity,
-            subject: Some(user),
-            client_ip: ev.client_ip(),
-            summary: &summary,
-            group_key: &format!("user:{user}"),
-            evidence: &[ev.id()],
-        })?;
+        p.alert.raise(
+            &Alert {
+                rule: RULE,
+                severity,
+                subject: Some(user),
+                client_ip: ev.client_ip(),
+                summary: &summary,
+                group_key: &format!("user:{user}"),
+                evidence: &[ev.id()],
+            },
+            now,
+            out,
+        )?;
+        p.incident_from = Some(ip_ua);
         Ok(())
     }
 }
@@ -393,6 +432,7 @@ impl Detector for AccountAnomaly {
                 &c.all_signals_severity,
             )?,
             quiet_us: secs_to_us(NAME, "incident_quiet_secs", c.incident_quiet_secs)?,
+            update_us: secs_to_us(NAME, "update_secs", c.update_secs)?,
             hasher: KeyHasher::new(),
             users: BoundedMap::new(c.max_tracked_users),
         })
@@ -410,14 +450,17 @@ impl Detector for AccountAnomaly {
         Ok(())
     }
 
-    fn tick(&mut self, now_us: i64, _out: &mut Alerts<'_>) -> detector_sdk::Result {
+    fn tick(&mut self, now_us: i64, out: &mut Alerts<'_>) -> detector_sdk::Result {
         // Profiles are the learned history and stay (bounded by the cap);
-        // only incidents close here.
-        let quiet_us = self.quiet_us;
-        self.users.retain(|_, p| {
-            p.incident.close_if_quiet(now_us, quiet_us);
-            true
-        });
+        // only incidents close and send their updates here.
+        let (quiet_us, update_us) = (self.quiet_us, self.update_us);
+        self.users.try_retain(|_, p| {
+            if p.alert.close_if_quiet(now_us, quiet_us, out)? {
+                p.incident_from = None;
+            }
+            p.alert.flush_due(now_us, update_us, out)?;
+            Ok::<_, detector_sdk::EmitError>(true)
+        })?;
         Ok(())
     }
 }
@@ -432,6 +475,9 @@ detector_sdk::export_detector!(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use detector_sdk::testing::traffic::{
+        self, as_stored, describe, replay, Traffic, ATTACK_ID_BASE, HOUR, MIN, SEC,
+    };
     use detector_sdk::testing::{run_batch, EventData};
 
     fn login(id: i64, day: i64, hour: i64, ip: &str, ua: &str) -> EventData {
@@ -510,5 +556,93 @@ mod tests {
         );
         assert!(err(r#"{"ipv4_prefix": 33}"#).contains("ipv4_prefix must be 1..=32"));
         assert!(err(r#"{"rare_hour_share": 1.5}"#).contains("rare_hour_share"));
+    }
+
+    fn two_weeks() -> Vec<EventData> {
+        Traffic {
+            days: 14,
+            ..Traffic::default()
+        }
+        .generate()
+    }
+
+    #[test]
+    fn two_weeks_of_benign_traffic_raise_nothing() {
+        let mut d = AccountAnomaly::new("{}").unwrap();
+        let alerts = replay(&mut d, &two_weeks(), 512, 10 * SEC, HOUR).unwrap();
+        assert!(alerts.is_empty(), "{}", describe(&alerts));
+    }
+
+    #[test]
+    fn a_taken_over_account_mixed_into_two_weeks_is_one_alert() {
+        let days = two_weeks();
+        // The victim: a user seen on day one; the takeover on day 11 at an
+        // hour the victim never works, from a new network and client.
+        let (victim, subject, _, _, _) = traffic::first_login(&days);
+        let hours: Vec<i64> = days
+            .iter()
+            .filter(|e| e.username.as_deref() == Some(victim.as_str()))
+            .map(|e| e.time_us.rem_euclid(DAY_US) / HOUR_US)
+            .collect();
+        let quiet_hour = (0..24)
+            .find(|h| (-1..=1).all(|d| !hours.contains(&((h + d + 24) % 24))))
+            .expect("a user does not work around the clock");
+        let t = traffic::START_US + 10 * DAY_US + quiet_hour * HOUR_US + 5 * MIN;
+        let ip = "5.45.207.9";
+        let ua = "python-requests/2.31.0";
+        let mut login = traffic::event(ATTACK_ID_BASE, t, "auth.login.success", ip, ua);
+        login.username = Some(victim.clone());
+        login.subject = Some(subject.clone());
+        let mut attack = vec![login];
+        for i in 1..6 {
+            let mut e = traffic::event(
+                ATTACK_ID_BASE + i,
+                t + i * 30 * SEC,
+                "access.granted",
+                ip,
+                ua,
+            );
+            e.username = Some(victim.clone());
+            e.subject = Some(subject.clone());
+            e.jti = Some("stolen-session".into());
+            attack.push(e);
+        }
+        let mut d = AccountAnomaly::new("{}").unwrap();
+        let alerts = replay(&mut d, &traffic::mix(&days, &attack), 512, 10 * SEC, HOUR).unwrap();
+        let stored = as_stored(&alerts);
+        assert_eq!(stored.len(), 1, "{}", describe(&alerts));
+        let (a, _) = &stored[0];
+        assert_eq!(
+            (a.rule.as_str(), a.severity, a.group_key.clone()),
+            (RULE, Severity::High, format!("user:{victim}"))
+        );
+        assert_eq!(a.client_ip.as_deref(), Some(ip));
+        assert_eq!(
+            a.evidence,
+            (0..6).map(|i| ATTACK_ID_BASE + i).collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
+    fn a_flood_of_a_million_random_users_stays_at_the_cap() {
+        let mut d = AccountAnomaly::new("{}").unwrap();
+        let cap = d.cap();
+        let mut max = 0;
+        traffic::flood(
+            &mut d,
+            1_000_000,
+            10_000,
+            |i, rng| {
+                let mut e = login(i as i64, 0, 10, &traffic::random_ip(rng), "ua");
+                e.username = Some(rng.hex(12));
+                e
+            },
+            |d| {
+                assert!(d.tracked() <= cap);
+                max = max.max(d.tracked());
+            },
+        )
+        .unwrap();
+        assert!(max > cap - cap / 16 - 1, "{max}");
     }
 }

@@ -339,13 +339,12 @@ impl Detector for ExpiredStorm {
     fn process(&mut self, batch: &Batch<'_>, out: &mut Alerts<'_>) -> detector_sdk::Result {
         for ev in batch {
             match ev.kind() {
-                "token.rejected" | "access.denied" => {
+                "token.rejected" | "access.denied"
                     if ev
                         .reason()
-                        .is_some_and(|r| self.reasons.iter().any(|x| x == r))
-                    {
-                        self.expired(ev, out)?;
-                    }
+                        .is_some_and(|r| self.reasons.iter().any(|x| x == r)) =>
+                {
+                    self.expired(ev, out)?;
                 }
                 "token.refreshed" => self.redeemed(ev, false),
                 "auth.login.success" => self.redeemed(ev, true),

@@ -28,26 +28,35 @@
 //! would look like a second party.
 //!
 //! A token's state is forgotten after `idle_secs` without use (on events
-//! and on `tick`), which also ends its incident. One alert per incident;
-//! a token that trips several conditions is still one alert.
+//! and on `tick`), which also ends its incident. One alert per incident; a
+//! token that trips several conditions is still one alert, and its later
+//! uses (or later refusals, for the revoked rules) are attached to that
+//! alert as evidence, in an update at most every `update_secs`.
 //!
 //! # Config (JSON), every key optional
 //!
-//! ```json
-//! { "use_kinds": ["access.granted"], "max_ips_per_token": 2, "ip_flips": 2,
-//!   "alert_on_user_agent_change": true, "idle_secs": 3600,
-//!   "revoked_reasons": ["revoked", "refresh_revoked"],
-//!   "revoked_memory_secs": 86400,
-//!   "severity": "high", "revoked_use_severity": "medium",
-//!   "revoked_accepted_severity": "critical",
-//!   "max_tracked_tokens": 200000, "max_revoked_tokens": 100000 }
-//! ```
+//! | key | default | meaning |
+//! |---|---|---|
+//! | `use_kinds` | `["access.granted"]` | event kinds that count as a use of a token |
+//! | `max_ips_per_token` | `2` | distinct client IPs a token may be used from (1..=3) |
+//! | `ip_flips` | `2` | returns to an earlier IP that raise the alert; `0` turns this off |
+//! | `alert_on_user_agent_change` | `true` | alert when a token's User-Agent changes |
+//! | `idle_secs` | `3600` | a token unused this long is forgotten; also the quiet time that ends an incident |
+//! | `revoked_reasons` | `["revoked", "refresh_revoked"]` | refusal reasons meaning "this token was revoked" |
+//! | `revoked_memory_secs` | `86400` | how long a `token.revoked` jti is remembered |
+//! | `severity` | `"high"` | severity of `token-replay` |
+//! | `revoked_use_severity` | `"medium"` | severity of `revoked-token-use` |
+//! | `revoked_accepted_severity` | `"critical"` | severity of `revoked-token-accepted` |
+//! | `update_secs` | `60` | at most one evidence update per incident this often |
+//! | `max_tracked_tokens` | `200000` | hard cap on tokens in use tracked |
+//! | `max_revoked_tokens` | `100000` | hard cap on revoked tokens remembered (and, separately, on revoked tokens presented) |
 //!
 //! `ip_flips: 0` turns flip detection off (dual-stack clients alternating
-//! between their IPv4 and IPv6 address would otherwise trip it).
+//! between their IPv4 and IPv6 address would otherwise trip it). State per
+//! token is fixed-size (no heap) until an alert is raised.
 
 use detector_sdk::kit::{
-    parse_severity, secs_to_us, BoundedMap, ConfigError, Incident, Key, KeyHasher, RecentIds,
+    parse_severity, secs_to_us, BoundedMap, ConfigError, IncidentAlert, Key, KeyHasher, RecentIds,
 };
 use detector_sdk::{Alert, Alerts, Batch, Detector, Event, Severity};
 use serde::Deserialize;
@@ -74,6 +83,7 @@ struct Config {
     severity: String,
     revoked_use_severity: String,
     revoked_accepted_severity: String,
+    update_secs: u64,
     max_tracked_tokens: usize,
     max_revoked_tokens: usize,
 }
@@ -91,6 +101,7 @@ impl Default for Config {
             severity: "high".into(),
             revoked_use_severity: "medium".into(),
             revoked_accepted_severity: "critical".into(),
+            update_secs: 60,
             max_tracked_tokens: 200_000,
             max_revoked_tokens: 100_000,
         }
@@ -108,13 +119,13 @@ struct TokenState {
     ua_changed: bool,
     last_us: i64,
     recent: RecentIds<8>,
-    incident: Incident,
+    alert: IncidentAlert,
 }
 
 #[derive(Default)]
 struct Revoked {
     at_us: i64,
-    incident: Incident,
+    alert: IncidentAlert,
 }
 
 /// Replayed and revoked access tokens.
@@ -124,6 +135,7 @@ pub struct TokenReplay {
     ip_flips: u32,
     ua_change: bool,
     idle_us: i64,
+    update_us: i64,
     revoked_reasons: Vec<String>,
     revoked_memory_us: i64,
     severity: Severity,
@@ -132,13 +144,18 @@ pub struct TokenReplay {
     hasher: KeyHasher,
     tokens: BoundedMap<TokenState>,
     revoked: BoundedMap<Revoked>,
-    rejected: BoundedMap<Incident>,
+    rejected: BoundedMap<IncidentAlert>,
 }
 
 impl TokenReplay {
     /// Tokens currently tracked (in use, revoked, or refused as revoked).
     pub fn tracked(&self) -> usize {
         self.tokens.len() + self.revoked.len() + self.rejected.len()
+    }
+
+    /// The hard caps of the three maps, summed.
+    pub fn cap(&self) -> usize {
+        self.tokens.cap() + self.revoked.cap() + self.rejected.cap()
     }
 
     fn is_use(&self, kind: &str) -> bool {
@@ -154,28 +171,38 @@ impl TokenReplay {
         let now = ev.time_us();
         let key = self.hasher.key(jti);
         if let Some(rev) = self.revoked.get_mut(key) {
-            rev.incident.close_if_quiet(now, self.idle_us);
-            if now >= rev.at_us && rev.incident.escalate(self.revoked_accepted_severity, now) {
-                let summary = format!(
-                    "revoked token {jti} was accepted from {}: revocation is not being enforced",
-                    ev.client_ip().unwrap_or("an unknown IP")
-                );
-                out.emit(&Alert {
-                    rule: RULE_REVOKED_ACCEPTED,
-                    severity: self.revoked_accepted_severity,
-                    subject: ev.subject(),
-                    client_ip: ev.client_ip(),
-                    summary: &summary,
-                    group_key: &format!("revoked-accepted:{jti}"),
-                    evidence: &[ev.id()],
-                })?;
+            rev.alert.close_if_quiet(now, self.idle_us, out)?;
+            if now >= rev.at_us {
+                if rev.alert.add_evidence(ev.id(), now) {
+                    rev.alert.flush_due(now, self.update_us, out)?;
+                } else {
+                    let summary = format!(
+                        "revoked token {jti} was accepted from {}: revocation is not being enforced",
+                        ev.client_ip().unwrap_or("an unknown IP")
+                    );
+                    rev.alert.raise(
+                        &Alert {
+                            rule: RULE_REVOKED_ACCEPTED,
+                            severity: self.revoked_accepted_severity,
+                            subject: ev.subject(),
+                            client_ip: ev.client_ip(),
+                            summary: &summary,
+                            group_key: &format!("revoked-accepted:{jti}"),
+                            evidence: &[ev.id()],
+                        },
+                        now,
+                        out,
+                    )?;
+                }
             }
         }
         let ip = ev.client_ip().map(|ip| self.hasher.key(ip));
         let ua = ev.user_agent().map(|ua| self.hasher.key(ua));
         let idle_us = self.idle_us;
+        let update_us = self.update_us;
         let state = self.tokens.get_or_insert_with(key, TokenState::default);
         if state.n_ips > 0 && now.saturating_sub(state.last_us) >= idle_us {
+            state.alert.close_if_quiet(now, idle_us, out)?;
             *state = TokenState::default();
         }
         state.last_us = state.last_us.max(now);
@@ -211,17 +238,18 @@ impl TokenReplay {
                 Some(_) => {}
             }
         }
-        if state.incident.is_open() {
-            state.incident.touch(now);
+        if state.alert.add_evidence(ev.id(), now) {
+            state.alert.flush_due(now, update_us, out)?;
+            return Ok(());
         }
         let Some(reason) = reason else { return Ok(()) };
-        if state.incident.escalate(self.severity, now) {
-            let summary = format!(
-                "token {jti} of {:?} {reason} (now {})",
-                ev.subject().unwrap_or("?"),
-                ev.client_ip().unwrap_or("an unknown IP"),
-            );
-            out.emit(&Alert {
+        let summary = format!(
+            "token {jti} of {:?} {reason} (now {})",
+            ev.subject().unwrap_or("?"),
+            ev.client_ip().unwrap_or("an unknown IP"),
+        );
+        state.alert.raise(
+            &Alert {
                 rule: RULE_REPLAY,
                 severity: self.severity,
                 subject: ev.subject(),
@@ -229,8 +257,10 @@ impl TokenReplay {
                 summary: &summary,
                 group_key: &format!("jti:{jti}"),
                 evidence: &state.recent.to_vec(),
-            })?;
-        }
+            },
+            now,
+            out,
+        )?;
         Ok(())
     }
 
@@ -241,19 +271,22 @@ impl TokenReplay {
         out: &mut Alerts<'_>,
     ) -> detector_sdk::Result {
         let now = ev.time_us();
-        let incident = self
+        let alert = self
             .rejected
-            .get_or_insert_with(self.hasher.key(token), Incident::default);
-        incident.close_if_quiet(now, self.idle_us);
-        incident.touch(now);
-        if incident.escalate(self.revoked_use_severity, now) {
-            let summary = format!(
-                "revoked token {token} of {:?} presented again from {} ({})",
-                ev.subject().unwrap_or("?"),
-                ev.client_ip().unwrap_or("an unknown IP"),
-                ev.reason().unwrap_or("revoked"),
-            );
-            out.emit(&Alert {
+            .get_or_insert_with(self.hasher.key(token), IncidentAlert::default);
+        alert.close_if_quiet(now, self.idle_us, out)?;
+        if alert.add_evidence(ev.id(), now) {
+            alert.flush_due(now, self.update_us, out)?;
+            return Ok(());
+        }
+        let summary = format!(
+            "revoked token {token} of {:?} presented again from {} ({})",
+            ev.subject().unwrap_or("?"),
+            ev.client_ip().unwrap_or("an unknown IP"),
+            ev.reason().unwrap_or("revoked"),
+        );
+        alert.raise(
+            &Alert {
                 rule: RULE_REVOKED_USE,
                 severity: self.revoked_use_severity,
                 subject: ev.subject(),
@@ -261,8 +294,10 @@ impl TokenReplay {
                 summary: &summary,
                 group_key: &format!("revoked:{token}"),
                 evidence: &[ev.id()],
-            })?;
-        }
+            },
+            now,
+            out,
+        )?;
         Ok(())
     }
 }
@@ -301,6 +336,7 @@ impl Detector for TokenReplay {
             ip_flips: c.ip_flips,
             ua_change: c.alert_on_user_agent_change,
             idle_us: secs_to_us(NAME, "idle_secs", c.idle_secs)?,
+            update_us: secs_to_us(NAME, "update_secs", c.update_secs)?,
             revoked_reasons: c.revoked_reasons,
             revoked_memory_us: secs_to_us(NAME, "revoked_memory_secs", c.revoked_memory_secs)?,
             severity: parse_severity(NAME, "severity", &c.severity)?,
@@ -334,7 +370,8 @@ impl Detector for TokenReplay {
                 continue;
             }
             match kind {
-                "token.revoked" => {
+                // A failed revocation (the token was invalid) revoked nothing.
+                "token.revoked" if !ev.is_failure() => {
                     if let Some(jti) = ev.jti() {
                         let now = ev.time_us();
                         let key = self.hasher.key(jti);
@@ -359,19 +396,25 @@ impl Detector for TokenReplay {
         Ok(())
     }
 
-    fn tick(&mut self, now_us: i64, _out: &mut Alerts<'_>) -> detector_sdk::Result {
-        let idle_us = self.idle_us;
-        self.tokens
-            .retain(|_, s| now_us.saturating_sub(s.last_us) < idle_us);
+    fn tick(&mut self, now_us: i64, out: &mut Alerts<'_>) -> detector_sdk::Result {
+        let (idle_us, update_us) = (self.idle_us, self.update_us);
+        type R = Result<bool, detector_sdk::EmitError>;
+        self.tokens.try_retain(|_, s| -> R {
+            s.alert.close_if_quiet(now_us, idle_us, out)?;
+            s.alert.flush_due(now_us, update_us, out)?;
+            Ok(now_us.saturating_sub(s.last_us) < idle_us || s.alert.is_open())
+        })?;
         let memory_us = self.revoked_memory_us;
-        self.revoked.retain(|_, r| {
-            r.incident.close_if_quiet(now_us, idle_us);
-            now_us.saturating_sub(r.at_us) < memory_us || r.incident.is_open()
-        });
-        self.rejected.retain(|_, i| {
-            i.close_if_quiet(now_us, idle_us);
-            i.is_open()
-        });
+        self.revoked.try_retain(|_, r| -> R {
+            r.alert.close_if_quiet(now_us, idle_us, out)?;
+            r.alert.flush_due(now_us, update_us, out)?;
+            Ok(now_us.saturating_sub(r.at_us) < memory_us || r.alert.is_open())
+        })?;
+        self.rejected.try_retain(|_, a| -> R {
+            a.close_if_quiet(now_us, idle_us, out)?;
+            a.flush_due(now_us, update_us, out)?;
+            Ok(a.is_open())
+        })?;
         Ok(())
     }
 }
@@ -386,6 +429,9 @@ detector_sdk::export_detector!(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use detector_sdk::testing::traffic::{
+        self, as_stored, describe, replay, ATTACK_ID_BASE, HOUR, MIN, SEC,
+    };
     use detector_sdk::testing::{run_batch, run_tick, EventData};
 
     fn used(id: i64, secs: i64, jti: &str, ip: &str, ua: &str) -> EventData {
@@ -497,5 +543,136 @@ mod tests {
         );
         assert!(err(r#"{"use_kinds": []}"#).contains("use_kinds is empty"));
         assert!(err(r#"{"idle_secs": 0}"#).contains("idle_secs"));
+    }
+
+    #[test]
+    fn benign_days_raise_nothing() {
+        for seed in [1, 2, 3] {
+            let mut d = TokenReplay::new("{}").unwrap();
+            let alerts = replay(&mut d, &traffic::day(seed), 512, SEC, HOUR).unwrap();
+            assert!(alerts.is_empty(), "seed {seed}:\n{}", describe(&alerts));
+        }
+    }
+
+    #[test]
+    fn a_stolen_and_a_revoked_token_mixed_into_a_day() {
+        let day = traffic::day(9);
+        let victim_use = day
+            .iter()
+            .find(|e| e.kind == "access.granted" && e.username.is_some())
+            .unwrap()
+            .clone();
+        let jti = victim_use.jti.clone().unwrap();
+        let thief = "91.240.118.2";
+        let mut attack: Vec<EventData> = (0..3)
+            .map(|i| {
+                let mut e = victim_use.clone();
+                e.id = ATTACK_ID_BASE + i;
+                e.time_us = victim_use.time_us + (i + 1) * MIN;
+                e.client_ip = Some(thief.into());
+                e.user_agent = Some("curl/8.5.0".into());
+                e
+            })
+            .collect();
+        // A logged-out token that someone keeps presenting.
+        let mut revoke = traffic::event(
+            ATTACK_ID_BASE + 10,
+            victim_use.time_us + HOUR,
+            "token.revoked",
+            "198.51.100.11",
+            "Mozilla/5.0",
+        );
+        revoke.jti = Some("jti-logged-out".into());
+        revoke.subject = Some("usr_aaaaaa".into());
+        attack.push(revoke);
+        for i in 0..4 {
+            let mut e = traffic::event(
+                ATTACK_ID_BASE + 11 + i,
+                victim_use.time_us + HOUR + (i + 1) * 30 * SEC,
+                "access.denied",
+                thief,
+                "curl/8.5.0",
+            );
+            e.reason = Some("revoked".into());
+            e.jti = Some("jti-logged-out".into());
+            e.subject = Some("usr_aaaaaa".into());
+            attack.push(e);
+        }
+        let mut d = TokenReplay::new("{}").unwrap();
+        let alerts = replay(&mut d, &traffic::mix(&day, &attack), 512, SEC, 2 * HOUR).unwrap();
+        let stored = as_stored(&alerts);
+        assert_eq!(stored.len(), 2, "{}", describe(&alerts));
+        let (a, _) = &stored[0];
+        assert_eq!(
+            (a.rule.as_str(), a.severity, a.group_key.clone()),
+            (RULE_REPLAY, Severity::High, format!("jti:{jti}"))
+        );
+        assert_eq!(a.client_ip.as_deref(), Some(thief));
+        for i in 0..3 {
+            assert!(
+                a.evidence.contains(&(ATTACK_ID_BASE + i)),
+                "{:?}",
+                a.evidence
+            );
+        }
+        assert!(
+            a.evidence.contains(&victim_use.id),
+            "the owner's use is evidence too"
+        );
+        let same_token = |id: &i64| {
+            day.iter()
+                .chain(&attack)
+                .find(|e| e.id == *id)
+                .is_some_and(|e| e.jti.as_deref() == Some(jti.as_str()))
+        };
+        assert!(a.evidence.iter().all(same_token));
+        let (b, _) = &stored[1];
+        assert_eq!(
+            (b.rule.as_str(), b.severity, b.group_key.as_str()),
+            (RULE_REVOKED_USE, Severity::Medium, "revoked:jti-logged-out")
+        );
+        assert_eq!(
+            b.evidence,
+            (11..15).map(|i| ATTACK_ID_BASE + i).collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
+    fn a_failed_revocation_revokes_nothing() {
+        let mut d = TokenReplay::new("{}").unwrap();
+        let mut revoke = used(1, 0, "t", "a", "ua");
+        revoke.kind = "token.revoked".into();
+        revoke.outcome = "failure".into();
+        revoke.reason = Some("bad_signature".into());
+        let alerts = run_batch(&mut d, &[revoke, used(2, 1, "t", "a", "ua")]).unwrap();
+        assert!(alerts.is_empty(), "{}", describe(&alerts));
+    }
+
+    #[test]
+    fn a_flood_of_a_million_random_tokens_and_ips_stays_at_the_cap() {
+        let mut d = TokenReplay::new("{}").unwrap();
+        let cap = d.tokens.cap();
+        let mut max = 0;
+        traffic::flood(
+            &mut d,
+            1_000_000,
+            10_000,
+            |i, rng| {
+                let jti = rng.hex(16);
+                used(
+                    i as i64,
+                    i as i64 / 1000,
+                    &jti,
+                    &traffic::random_ip(rng),
+                    "ua",
+                )
+            },
+            |d| {
+                assert!(d.tracked() <= cap);
+                max = max.max(d.tracked());
+            },
+        )
+        .unwrap();
+        assert!(max > cap - cap / 16 - 1, "{max}");
     }
 }

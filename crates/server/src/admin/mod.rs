@@ -12,6 +12,7 @@
 
 mod assets;
 mod auth;
+mod exceptions;
 mod pages;
 pub mod reports;
 pub mod session;
@@ -59,6 +60,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .route("/alerts/{id}/status", web::post().to(pages::alert_status))
             .route("/plugins", web::get().to(pages::plugins))
             .route("/plugins/{name}/{action}", web::post().to(pages::plugin_action))
+            .route("/exceptions", web::get().to(exceptions::list))
+            .route("/exceptions/new", web::get().to(exceptions::list))
+            .route("/exceptions", web::post().to(exceptions::add))
+            .route("/exceptions/{id}/expire", web::post().to(exceptions::expire))
+            .route("/lockouts/lift", web::post().to(exceptions::lift))
             .route("/reports", web::get().to(reports::form))
             .route("/reports/download", web::get().to(reports::download))
             .route("/reports/manifest", web::get().to(reports::manifest))

@@ -1,0 +1,228 @@
+//! Analysts' exceptions (alerts a detector should not raise for a user or an
+//! IP range) and the OAuth lockouts in force, with the actions on them.
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use askama::Template;
+use audit_store::{kinds, Outcome};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::auth::redirect;
+use super::pages::{check_csrf, require_admin, PageCtx};
+use super::{admin_event, html, show_time, AdminError, Console};
+use crate::app::Data;
+use crate::request_meta::{truncate, RequestMeta};
+use crate::response::NewException;
+use crate::state::now_secs;
+
+pub struct ExceptionRow {
+    id: i64,
+    detector: String,
+    user: String,
+    ip: String,
+    reason: String,
+    created_by: String,
+    created_at: String,
+    expires_at: String,
+    state: &'static str,
+}
+
+pub struct LockoutRow {
+    kind: String,
+    key: String,
+    until: String,
+    reason: String,
+}
+
+#[derive(Template)]
+#[template(path = "exceptions.html")]
+pub struct ExceptionsPage {
+    ctx: PageCtx,
+    rows: Vec<ExceptionRow>,
+    lockouts: Vec<LockoutRow>,
+    detector: String,
+    user: String,
+    ip: String,
+    alert: String,
+    detectors: Vec<String>,
+}
+
+#[derive(Deserialize, Default)]
+pub struct Prefill {
+    #[serde(default)]
+    detector: Option<String>,
+    #[serde(default)]
+    user: Option<String>,
+    #[serde(default)]
+    ip: Option<String>,
+    #[serde(default)]
+    alert: Option<String>,
+}
+
+pub async fn list(
+    data: Data,
+    who: Console,
+    q: web::Query<Prefill>,
+) -> Result<HttpResponse, AdminError> {
+    let state = data.state.clone();
+    let (exceptions, lockouts) =
+        web::block(move || Ok::<_, AdminError>((state.list_exceptions()?, state.list_lockouts()?)))
+            .await??;
+    let now = now_secs();
+    let secs = |t: i64| show_time(t.saturating_mul(1_000_000));
+    let rows = exceptions
+        .into_iter()
+        .map(|e| ExceptionRow {
+            state: if e.revoked {
+                "revoked"
+            } else if e.is_active(now) {
+                "active"
+            } else {
+                "expired"
+            },
+            id: e.id,
+            detector: e.detector,
+            user: e.user.unwrap_or_default(),
+            ip: e.ip.unwrap_or_default(),
+            reason: e.reason,
+            created_by: e.created_by,
+            created_at: secs(e.created_at),
+            expires_at: e.expires_at.map(secs).unwrap_or_else(|| "never".into()),
+        })
+        .collect();
+    let lockouts = lockouts
+        .into_iter()
+        .map(|l| LockoutRow {
+            until: secs(l.until),
+            kind: l.kind,
+            key: l.key,
+            reason: l.reason,
+        })
+        .collect();
+    let mut detectors: Vec<String> = data
+        .detection
+        .as_ref()
+        .map(|d| d.host().plugins().into_iter().map(|p| p.name).collect())
+        .unwrap_or_default();
+    detectors.sort();
+    let v = |s: &Option<String>| s.clone().unwrap_or_default();
+    let page = ExceptionsPage {
+        ctx: PageCtx::new(&who, "exceptions"),
+        rows,
+        lockouts,
+        detector: q.detector.clone().unwrap_or_else(|| "*".into()),
+        user: v(&q.user),
+        ip: v(&q.ip),
+        alert: v(&q.alert),
+        detectors,
+    };
+    Ok(html(page.render()?))
+}
+
+#[derive(Deserialize)]
+pub struct AddForm {
+    #[serde(default)]
+    csrf: String,
+    detector: String,
+    #[serde(default)]
+    user: String,
+    #[serde(default)]
+    ip: String,
+    reason: String,
+    /// Lifetime in hours; empty or 0 = never expires.
+    #[serde(default)]
+    hours: String,
+    #[serde(default)]
+    alert: String,
+}
+
+pub async fn add(
+    req: HttpRequest,
+    data: Data,
+    who: Console,
+    form: web::Form<AddForm>,
+) -> Result<HttpResponse, AdminError> {
+    check_csrf(&data, &req, &who, &form.csrf).await?;
+    let opt = |s: &str| {
+        let s = s.trim();
+        (!s.is_empty()).then(|| truncate(s, 256))
+    };
+    let hours: i64 = match form.hours.trim() {
+        "" => 0,
+        h => h
+            .parse()
+            .map_err(|_| AdminError::BadRequest("hours must be a whole number".into()))?,
+    };
+    let new = NewException {
+        detector: truncate(form.detector.trim(), 128),
+        user: opt(&form.user),
+        ip: opt(&form.ip),
+        reason: truncate(form.reason.trim(), 2000),
+        created_by: who.username().to_owned(),
+        expires_at: (hours > 0).then(|| now_secs() + hours.saturating_mul(3600)),
+    };
+    let meta = RequestMeta::from_request(&req);
+    let ev = admin_event(&meta, kinds::ADMIN_ACTION, Outcome::Success, who.username())
+        .with_detail(json!({
+            "action": "exception.add", "detector": new.detector, "user": new.user,
+            "ip": new.ip, "reason": new.reason, "expires_at": new.expires_at,
+            "alert": opt(&form.alert),
+        }));
+    data.record(ev).await?;
+    let state = data.state.clone();
+    web::block(move || state.add_exception(&new))
+        .await?
+        .map_err(|e| AdminError::BadRequest(e.to_string()))?;
+    Ok(redirect("/admin/exceptions"))
+}
+
+#[derive(Deserialize)]
+pub struct CsrfForm {
+    #[serde(default)]
+    csrf: String,
+}
+
+pub async fn expire(
+    req: HttpRequest,
+    data: Data,
+    who: Console,
+    id: web::Path<i64>,
+    form: web::Form<CsrfForm>,
+) -> Result<HttpResponse, AdminError> {
+    check_csrf(&data, &req, &who, &form.csrf).await?;
+    let id = id.into_inner();
+    let meta = RequestMeta::from_request(&req);
+    let ev = admin_event(&meta, kinds::ADMIN_ACTION, Outcome::Success, who.username())
+        .with_detail(json!({ "action": "exception.expire", "exception_id": id }));
+    data.record(ev).await?;
+    let state = data.state.clone();
+    web::block(move || state.revoke_exception(id)).await??;
+    Ok(redirect("/admin/exceptions"))
+}
+
+#[derive(Deserialize)]
+pub struct LiftForm {
+    #[serde(default)]
+    csrf: String,
+    kind: String,
+    key: String,
+}
+
+/// Lifting an OAuth lockout is admin only.
+pub async fn lift(
+    req: HttpRequest,
+    data: Data,
+    who: Console,
+    form: web::Form<LiftForm>,
+) -> Result<HttpResponse, AdminError> {
+    check_csrf(&data, &req, &who, &form.csrf).await?;
+    require_admin(&data, &req, &who, "lockout.lift").await?;
+    let form = form.into_inner();
+    let meta = RequestMeta::from_request(&req);
+    let ev = admin_event(&meta, kinds::ADMIN_ACTION, Outcome::Success, who.username())
+        .with_detail(json!({ "action": "lockout.lift", "kind": form.kind, "key": form.key }));
+    data.record(ev).await?;
+    let state = data.state.clone();
+    web::block(move || state.lift_lockout(&form.kind, &form.key)).await??;
+    Ok(redirect("/admin/exceptions"))
+}
