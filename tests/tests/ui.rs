@@ -39,8 +39,15 @@ fn wait_for<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
 /// A server whose console users are `admin` and `analyst` with known passwords.
 fn server_with_users() -> (tempfile::TempDir, Server) {
     let (tmp, dir) = data_dir();
-    for (name, role, pw) in [("admin", "admin", ADMIN_PW), ("analyst", "analyst", ANALYST_PW)] {
-        let out = cli(&dir, &["users", "add", name, "--role", role, "--password-stdin"], pw);
+    for (name, role, pw) in [
+        ("admin", "admin", ADMIN_PW),
+        ("analyst", "analyst", ANALYST_PW),
+    ] {
+        let out = cli(
+            &dir,
+            &["users", "add", name, "--role", role, "--password-stdin"],
+            pw,
+        );
         assert_eq!(out.status, 0, "users add {name}: {}", out.stderr);
     }
     let s = Server::start(&dir);
@@ -70,7 +77,11 @@ fn attack(s: &Server, user: &str, n: usize) {
     for _ in 0..3 {
         let r = http()
             .post(s.url("/oauth/token"))
-            .form(&[("grant_type", "password"), ("username", "admin"), ("password", ADMIN_PW)])
+            .form(&[
+                ("grant_type", "password"),
+                ("username", "admin"),
+                ("password", ADMIN_PW),
+            ])
             .send()
             .unwrap();
         assert!(r.status().is_success());
@@ -118,7 +129,10 @@ fn browser() -> (tempfile::TempDir, Browser) {
         )
         .build()
         .unwrap();
-    (profile, Browser::new(opts).expect("launching headless chromium"))
+    (
+        profile,
+        Browser::new(opts).expect("launching headless chromium"),
+    )
 }
 
 fn js(tab: &Tab, expr: &str) -> serde_json::Value {
@@ -188,7 +202,11 @@ fn console_in_a_real_browser() {
     type_into(&tab, "#username", "admin");
     type_into(&tab, "#password", ADMIN_PW);
     click_then(&tab, "#login-submit", "#charts");
-    assert!(tab.get_url().ends_with("/admin/dashboard"), "{}", tab.get_url());
+    assert!(
+        tab.get_url().ends_with("/admin/dashboard"),
+        "{}",
+        tab.get_url()
+    );
     assert_eq!(
         js(&tab, "document.getElementById('whoami').textContent"),
         "admin (admin)"
@@ -198,7 +216,10 @@ fn console_in_a_real_browser() {
 
     // The dashboard's charts are drawn, and their numbers agree with the store.
     wait_for("charts drawn", || {
-        let v = js(&tab, "document.getElementById('charts').getAttribute('data-ready')");
+        let v = js(
+            &tab,
+            "document.getElementById('charts').getAttribute('data-ready')",
+        );
         (v == "true").then_some(())
     });
     let inked = js_json(
@@ -225,7 +246,10 @@ fn console_in_a_real_browser() {
             ..Default::default()
         },
     );
-    let failures = in_range.iter().filter(|e| e.outcome == Outcome::Failure).count() as u64;
+    let failures = in_range
+        .iter()
+        .filter(|e| e.outcome == Outcome::Failure)
+        .count() as u64;
     let successes = in_range.len() as u64 - failures;
     assert_eq!(d["totals"]["failure"].as_u64(), Some(failures), "{d}");
     assert_eq!(d["totals"]["success"].as_u64(), Some(successes), "{d}");
@@ -246,7 +270,14 @@ fn console_in_a_real_browser() {
             .any(|u| u[0] == EVIL_USER && u[1].as_u64() == Some(evil_failures)),
         "{d}"
     );
-    assert!(d["open_alerts"].as_array().unwrap().iter().any(|a| a[1].as_u64() >= Some(1)), "{d}");
+    assert!(
+        d["open_alerts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a[1].as_u64() >= Some(1)),
+        "{d}"
+    );
     if let Ok(path) = std::env::var("TOKENWATCH_SCREENSHOT") {
         let png = tab
             .capture_screenshot(CaptureScreenshotFormatOption::Png, None, None, true)
@@ -280,7 +311,13 @@ fn console_in_a_real_browser() {
         assert_eq!(row[0], EVIL_USER);
     }
     let with_ua = shown.iter().filter(|row| row[1] == EVIL_UA).count();
-    assert_eq!(with_ua, of_user.iter().filter(|e| e.user_agent.as_deref() == Some(EVIL_UA)).count());
+    assert_eq!(
+        with_ua,
+        of_user
+            .iter()
+            .filter(|e| e.user_agent.as_deref() == Some(EVIL_UA))
+            .count()
+    );
     assert!(with_ua >= 14);
     // Shown as text: no element was injected and no script ran.
     assert_eq!(js(&tab, "document.querySelectorAll('img').length"), 0);
@@ -288,23 +325,34 @@ fn console_in_a_real_browser() {
     assert_eq!(js(&tab, "typeof window.__xss"), "undefined");
 
     // One event's detail, with its neighbours.
-    let first = js(&tab, "document.querySelector('#events tbody a').getAttribute('href')");
+    let first = js(
+        &tab,
+        "document.querySelector('#events tbody a').getAttribute('href')",
+    );
     tab.navigate_to(&s.url(first.as_str().unwrap())).unwrap();
     tab.wait_until_navigated().unwrap();
     let detail = js(&tab, "document.getElementById('event-detail').textContent");
     assert!(detail.as_str().unwrap().contains(EVIL_UA));
-    assert_eq!(js(&tab, "document.querySelectorAll('tr.current').length"), 2);
+    assert_eq!(
+        js(&tab, "document.querySelectorAll('tr.current').length"),
+        2
+    );
     assert_eq!(js(&tab, "typeof window.__xss"), "undefined");
 
     // Acknowledge the alert.
-    tab.navigate_to(&s.url("/admin/alerts?status=open")).unwrap();
+    tab.navigate_to(&s.url("/admin/alerts?status=open"))
+        .unwrap();
     tab.wait_until_navigated().unwrap();
     click_then(
         &tab,
         &format!("a[href='/admin/alerts/{}']", alert.id),
         "#alert-actions",
     );
-    type_into(&tab, "#alert-actions input[name=note]", "seen, looking into it");
+    type_into(
+        &tab,
+        "#alert-actions input[name=note]",
+        "seen, looking into it",
+    );
     click_then(&tab, "#ack", "#alert-status");
     assert_eq!(
         js(&tab, "document.getElementById('alert-status').textContent"),
@@ -333,7 +381,10 @@ fn console_in_a_real_browser() {
         })()",
     );
     assert_eq!(got["status"], 200, "{got}");
-    assert!(got["disposition"].as_str().unwrap().starts_with("attachment"));
+    assert!(got["disposition"]
+        .as_str()
+        .unwrap()
+        .starts_with("attachment"));
     let csv_text = got["csv"].as_str().unwrap();
     let rows = csv_rows(csv_text);
     assert_eq!(rows.len(), of_user.len());
@@ -342,7 +393,10 @@ fn console_in_a_real_browser() {
         assert_eq!(row["username"], EVIL_USER);
         assert!(row["user_agent"].is_empty() || row["user_agent"] == format!("'{EVIL_UA}"));
     }
-    assert_eq!(rows.iter().filter(|r| !r["user_agent"].is_empty()).count(), with_ua);
+    assert_eq!(
+        rows.iter().filter(|r| !r["user_agent"].is_empty()).count(),
+        with_ua
+    );
     let ids: Vec<i64> = rows.iter().map(|r| r["id"].parse().unwrap()).collect();
     let mut expected: Vec<i64> = all_events(
         &r,
@@ -366,9 +420,16 @@ fn console_in_a_real_browser() {
     std::fs::write(&manifest_path, got["manifest"].as_str().unwrap()).unwrap();
     let ok = verify_export(&s.data_dir, &csv_path, &manifest_path);
     assert_eq!(ok.status, 0, "{} {}", ok.stdout, ok.stderr);
-    assert!(ok.stdout.contains(&format!("{} rows", rows.len())), "{}", ok.stdout);
-    std::fs::write(&csv_path, csv_text.replacen("auth.login.failure", "auth.login.success", 1))
-        .unwrap();
+    assert!(
+        ok.stdout.contains(&format!("{} rows", rows.len())),
+        "{}",
+        ok.stdout
+    );
+    std::fs::write(
+        &csv_path,
+        csv_text.replacen("auth.login.failure", "auth.login.success", 1),
+    )
+    .unwrap();
     let bad = verify_export(&s.data_dir, &csv_path, &manifest_path);
     assert_ne!(bad.status, 0, "an edited report must not verify");
 
@@ -507,7 +568,10 @@ fn console_security_over_http() {
     assert_eq!(login.status(), 200);
     let h = login.headers();
     let csp = h["content-security-policy"].to_str().unwrap();
-    assert!(csp.contains("default-src 'self'") && csp.contains("frame-ancestors 'none'"), "{csp}");
+    assert!(
+        csp.contains("default-src 'self'") && csp.contains("frame-ancestors 'none'"),
+        "{csp}"
+    );
     assert!(!csp.contains("unsafe-inline"), "{csp}");
     assert_eq!(h["x-content-type-options"], "nosniff");
     assert_eq!(h["x-frame-options"], "DENY");
@@ -528,7 +592,11 @@ fn console_security_over_http() {
     // A login without the login CSRF token is refused.
     let forged = anon.post(
         "/admin/login",
-        &[("username", "admin"), ("password", ADMIN_PW), ("csrf", "forged")],
+        &[
+            ("username", "admin"),
+            ("password", ADMIN_PW),
+            ("csrf", "forged"),
+        ],
     );
     assert_eq!(forged.status(), 403);
 
@@ -543,7 +611,10 @@ fn console_security_over_http() {
         .map(|v| v.to_str().unwrap().to_string())
         .find(|c| c.starts_with("tw_session="))
         .expect("session cookie");
-    assert!(set.contains("HttpOnly") && set.contains("SameSite=Strict"), "{set}");
+    assert!(
+        set.contains("HttpOnly") && set.contains("SameSite=Strict"),
+        "{set}"
+    );
     assert_eq!(analyst.get("/admin/plugins").status(), 200);
 
     // ...cannot disable a plugin, even with a valid CSRF token (checked on the server)...
@@ -559,7 +630,10 @@ fn console_security_over_http() {
     assert_eq!(no_token.status(), 403);
     let wrong = analyst.post(&path, &[("action", "close"), ("csrf", "nope")]);
     assert_eq!(wrong.status(), 403);
-    assert_eq!(r.get_alert(alert.id).unwrap().unwrap().status, AlertStatus::Open);
+    assert_eq!(
+        r.get_alert(alert.id).unwrap().unwrap().status,
+        AlertStatus::Open
+    );
     let ok = analyst.post(&path, &[("action", "suppress"), ("csrf", &csrf)]);
     assert_eq!(ok.status(), 303);
     let a = r.get_alert(alert.id).unwrap().unwrap();
@@ -567,8 +641,14 @@ fn console_security_over_http() {
     assert_eq!(a.status_by.as_deref(), Some("analyst"));
 
     // An exception for the alert's user, added from the alert, listed, expired.
-    let alert_page = analyst.get(&format!("/admin/alerts/{}", alert.id)).text().unwrap();
-    assert!(alert_page.contains("/admin/exceptions/new?detector=brute-force"), "no exception link");
+    let alert_page = analyst
+        .get(&format!("/admin/alerts/{}", alert.id))
+        .text()
+        .unwrap();
+    assert!(
+        alert_page.contains("/admin/exceptions/new?detector=brute-force"),
+        "no exception link"
+    );
     let added = analyst.post(
         "/admin/exceptions",
         &[
@@ -581,30 +661,47 @@ fn console_security_over_http() {
     );
     assert_eq!(added.status(), 303);
     let list = analyst.get("/admin/exceptions").text().unwrap();
-    assert!(list.contains("pen test &#60;b&#62;until Friday&#60;/b&#62;"), "{list}");
+    assert!(
+        list.contains("pen test &#60;b&#62;until Friday&#60;/b&#62;"),
+        "{list}"
+    );
     assert!(!list.contains("<b>until"), "{list}");
     let at = list.find("/admin/exceptions/").unwrap();
     let expire = list[at..].split('"').next().unwrap().to_string();
     assert!(expire.ends_with("/expire"), "{expire}");
     assert_eq!(analyst.post(&expire, &[("csrf", &csrf)]).status(), 303);
     let list = analyst.get("/admin/exceptions").text().unwrap();
-    assert!(list.contains("exc-revoked") && !list.contains("exc-active"), "{list}");
+    assert!(
+        list.contains("exc-revoked") && !list.contains("exc-active"),
+        "{list}"
+    );
 
     // An admin may reload a plugin.
     let mut admin = Console::new(&s);
     assert_eq!(admin.login("admin", ADMIN_PW).status(), 303);
     let csrf = admin.csrf.clone();
-    assert_eq!(admin.post("/admin/plugins/brute-force/reload", &[("csrf", &csrf)]).status(), 303);
+    assert_eq!(
+        admin
+            .post("/admin/plugins/brute-force/reload", &[("csrf", &csrf)])
+            .status(),
+        303
+    );
 
     // Logout ends the session.
     let csrf = analyst.csrf.clone();
-    assert_eq!(analyst.post("/admin/logout", &[("csrf", &csrf)]).status(), 303);
+    assert_eq!(
+        analyst.post("/admin/logout", &[("csrf", &csrf)]).status(),
+        303
+    );
     assert_eq!(analyst.get("/admin/events").status(), 303);
 
     // Repeated failures lock the account out, even for the right password.
     let mut guesser = Console::new(&s);
     for _ in 0..5 {
-        assert_eq!(guesser.login("analyst", "wrong-password-guess").status(), 401);
+        assert_eq!(
+            guesser.login("analyst", "wrong-password-guess").status(),
+            401
+        );
     }
     assert_eq!(guesser.login("analyst", ANALYST_PW).status(), 429);
 

@@ -85,8 +85,8 @@ pub async fn login(
     if cookie_csrf.is_empty()
         || !passwords::constant_time_eq(cookie_csrf.as_bytes(), form.csrf.as_bytes())
     {
-        let ev = admin_event(&meta, kinds::ADMIN_LOGIN, Outcome::Failure, &username)
-            .with_reason("csrf");
+        let ev =
+            admin_event(&meta, kinds::ADMIN_LOGIN, Outcome::Failure, &username).with_reason("csrf");
         data.record(ev).await?;
         return Err(AdminError::Csrf);
     }
@@ -131,8 +131,8 @@ pub async fn login(
     };
     if let Some(reason) = reason {
         data.admin.login_failed(&keys);
-        let ev = admin_event(&meta, kinds::ADMIN_LOGIN, Outcome::Failure, &username)
-            .with_reason(reason);
+        let ev =
+            admin_event(&meta, kinds::ADMIN_LOGIN, Outcome::Failure, &username).with_reason(reason);
         data.record(ev).await?;
         return login_page(
             &req,

@@ -162,12 +162,13 @@ pub async fn add(
         expires_at: (hours > 0).then(|| now_secs() + hours.saturating_mul(3600)),
     };
     let meta = RequestMeta::from_request(&req);
-    let ev = admin_event(&meta, kinds::ADMIN_ACTION, Outcome::Success, who.username())
-        .with_detail(json!({
+    let ev = admin_event(&meta, kinds::ADMIN_ACTION, Outcome::Success, who.username()).with_detail(
+        json!({
             "action": "exception.add", "detector": new.detector, "user": new.user,
             "ip": new.ip, "reason": new.reason, "expires_at": new.expires_at,
             "alert": opt(&form.alert),
-        }));
+        }),
+    );
     data.record(ev).await?;
     let state = data.state.clone();
     web::block(move || state.add_exception(&new))

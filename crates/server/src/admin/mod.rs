@@ -27,7 +27,8 @@ pub use session::{AdminUi, Console};
 
 /// The console's Content-Security-Policy: scripts, styles, images and fetches
 /// from this origin only; nothing inline; never framed.
-pub const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
+pub const CSP: &str =
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
 connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
 
 /// Form bodies of the console are small.
@@ -43,7 +44,10 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                     .add((header::X_FRAME_OPTIONS, "DENY"))
                     .add((header::REFERRER_POLICY, "no-referrer"))
                     .add(("Cross-Origin-Opener-Policy", "same-origin"))
-                    .add(("Permissions-Policy", "camera=(), microphone=(), geolocation=()")),
+                    .add((
+                        "Permissions-Policy",
+                        "camera=(), microphone=(), geolocation=()",
+                    )),
             )
             .app_data(web::FormConfig::default().limit(FORM_LIMIT))
             .route("", web::get().to(pages::root))
@@ -59,11 +63,17 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .route("/alerts/{id}", web::get().to(pages::alert))
             .route("/alerts/{id}/status", web::post().to(pages::alert_status))
             .route("/plugins", web::get().to(pages::plugins))
-            .route("/plugins/{name}/{action}", web::post().to(pages::plugin_action))
+            .route(
+                "/plugins/{name}/{action}",
+                web::post().to(pages::plugin_action),
+            )
             .route("/exceptions", web::get().to(exceptions::list))
             .route("/exceptions/new", web::get().to(exceptions::list))
             .route("/exceptions", web::post().to(exceptions::add))
-            .route("/exceptions/{id}/expire", web::post().to(exceptions::expire))
+            .route(
+                "/exceptions/{id}/expire",
+                web::post().to(exceptions::expire),
+            )
             .route("/lockouts/lift", web::post().to(exceptions::lift))
             .route("/reports", web::get().to(reports::form))
             .route("/reports/download", web::get().to(reports::download))

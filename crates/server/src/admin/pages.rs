@@ -219,9 +219,18 @@ pub async fn dashboard(
     let range = resolve_range(&q)?;
     let r = reader(&data)?;
     let (from_us, to_us, bucket) = (range.from_us, range.to_us, range.bucket);
-    let numbers =
-        web::block(move || dashboard_numbers(&r, &Range { name: String::new(), from_us, to_us, bucket }))
-            .await??;
+    let numbers = web::block(move || {
+        dashboard_numbers(
+            &r,
+            &Range {
+                name: String::new(),
+                from_us,
+                to_us,
+                bucket,
+            },
+        )
+    })
+    .await??;
     // The charts fetch the same numbers for exactly this range.
     let data_url = format!(
         "/admin/api/dashboard?{}",
@@ -232,12 +241,26 @@ pub async fn dashboard(
         ])
         .unwrap_or_default()
     );
-    let input = |us: i64| show_time(us).replace(' ', "T").get(..16).unwrap_or("").to_owned();
+    let input = |us: i64| {
+        show_time(us)
+            .replace(' ', "T")
+            .get(..16)
+            .unwrap_or("")
+            .to_owned()
+    };
     let page = DashboardPage {
         ctx: PageCtx::new(&who, "dashboard"),
         range: range.name,
-        from_input: if q.range.as_deref() == Some("custom") { input(from_us) } else { String::new() },
-        to_input: if q.range.as_deref() == Some("custom") { input(to_us) } else { String::new() },
+        from_input: if q.range.as_deref() == Some("custom") {
+            input(from_us)
+        } else {
+            String::new()
+        },
+        to_input: if q.range.as_deref() == Some("custom") {
+            input(to_us)
+        } else {
+            String::new()
+        },
         from_us,
         to_us,
         from_show: show_time(from_us),
@@ -363,13 +386,12 @@ pub struct EventsPage {
     ctx: PageCtx,
     from: String,
     to: String,
-    kind: String,
     outcome: String,
     reason: String,
     user: String,
     ip: String,
     jti: String,
-    kinds: &'static [&'static str],
+    kind_options: Vec<KindOption>,
     rows: Vec<EventRow>,
     next_url: Option<String>,
     first_url: Option<String>,
@@ -383,6 +405,22 @@ pub struct PageQuery {
 }
 
 pub const PAGE_SIZE: usize = 50;
+
+/// One `<option>` of the event-kind select.
+pub struct KindOption {
+    pub value: &'static str,
+    pub selected: bool,
+}
+
+pub fn kind_options(current: Option<&str>) -> Vec<KindOption> {
+    kinds::ALL
+        .iter()
+        .map(|k| KindOption {
+            value: k,
+            selected: current == Some(*k),
+        })
+        .collect()
+}
 
 pub async fn events(
     data: Data,
@@ -403,13 +441,12 @@ pub async fn events(
         ctx: PageCtx::new(&who, "events"),
         from: FilterQuery::value(&q.from),
         to: FilterQuery::value(&q.to),
-        kind: FilterQuery::value(&q.kind),
         outcome: FilterQuery::value(&q.outcome),
         reason: FilterQuery::value(&q.reason),
         user: FilterQuery::value(&q.user),
         ip: FilterQuery::value(&q.ip),
         jti: FilterQuery::value(&q.jti),
-        kinds: kinds::ALL,
+        kind_options: kind_options(q.kind.as_deref()),
         rows: result.items.iter().map(EventRow::from).collect(),
         next_url: result
             .next
@@ -633,9 +670,7 @@ pub async fn alerts(
         severity: q.severity.unwrap_or_default(),
         detector: q.detector.unwrap_or_default(),
         rows: result.items.iter().map(AlertRow::from).collect(),
-        next_url: result
-            .next
-            .map(|n| format!("/admin/alerts?{qs}&after={n}")),
+        next_url: result.next.map(|n| format!("/admin/alerts?{qs}&after={n}")),
     };
     Ok(html(page.render()?))
 }
@@ -731,15 +766,21 @@ pub async fn alert_status(
     let note = crate::request_meta::truncate(form.note.trim(), 2000);
     let meta = RequestMeta::from_request(&req);
     // Recorded first: an action that cannot be audited is not done.
-    let ev = admin_event(&meta, kinds::ADMIN_ACTION, Outcome::Success, who.username())
-        .with_detail(json!({
+    let ev = admin_event(&meta, kinds::ADMIN_ACTION, Outcome::Success, who.username()).with_detail(
+        json!({
             "action": "alert.status", "alert_id": id, "status": status.as_str(), "note": note,
-        }));
+        }),
+    );
     data.record(ev).await?;
     let writer = data.audit.clone();
     let actor = who.username().to_owned();
     web::block(move || {
-        writer.update_alert_status(id, status, &actor, (!note.is_empty()).then_some(note.as_str()))
+        writer.update_alert_status(
+            id,
+            status,
+            &actor,
+            (!note.is_empty()).then_some(note.as_str()),
+        )
     })
     .await??;
     Ok(redirect(&format!("/admin/alerts/{id}")))

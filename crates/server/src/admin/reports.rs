@@ -18,7 +18,7 @@ use aws_lc_rs::digest;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::pages::{AlertQuery, FilterQuery, PageCtx};
+use super::pages::{kind_options, AlertQuery, FilterQuery, KindOption, PageCtx};
 use super::{admin_event, html, show_time, AdminError, Console};
 use crate::app::Data;
 use crate::request_meta::RequestMeta;
@@ -83,13 +83,12 @@ pub struct ReportsPage {
     dl: String,
     from: String,
     to: String,
-    kind: String,
     outcome: String,
     reason: String,
     user: String,
     ip: String,
     jti: String,
-    kinds: &'static [&'static str],
+    kind_options: Vec<KindOption>,
 }
 
 pub async fn form(who: Console, q: web::Query<FilterQuery>) -> Result<HttpResponse, AdminError> {
@@ -99,13 +98,12 @@ pub async fn form(who: Console, q: web::Query<FilterQuery>) -> Result<HttpRespon
         dl: crate::random_token(16),
         from: v(&q.from),
         to: v(&q.to),
-        kind: v(&q.kind),
         outcome: v(&q.outcome),
         reason: v(&q.reason),
         user: v(&q.user),
         ip: v(&q.ip),
         jti: v(&q.jti),
-        kinds: kinds::ALL,
+        kind_options: kind_options(q.kind.as_deref()),
     };
     Ok(html(page.render()?))
 }
@@ -303,7 +301,12 @@ pub async fn manifest(
 /// `tokenwatch audit verify-export`: checks the manifest's signature with the
 /// keys in the data directory, then the file's SHA-256, size and row count.
 /// Returns the manifest's payload.
-pub fn verify_export(key_dir: &Path, alg: token_core::Alg, csv: &Path, manifest: &Path) -> anyhow::Result<Value> {
+pub fn verify_export(
+    key_dir: &Path,
+    alg: token_core::Alg,
+    csv: &Path,
+    manifest: &Path,
+) -> anyhow::Result<Value> {
     if !key_dir.is_dir() {
         bail!("no signing keys in {}", key_dir.display());
     }
@@ -324,7 +327,9 @@ pub fn verify_export(key_dir: &Path, alg: token_core::Alg, csv: &Path, manifest:
         .ok()
         .and_then(|h| serde_json::from_slice(&h).ok())
         .context("the manifest is not a JWS")?;
-    let kid = header["kid"].as_str().context("the manifest names no key")?;
+    let kid = header["kid"]
+        .as_str()
+        .context("the manifest names no key")?;
     let payload = service
         .verify_signature_only(jws, kid)
         .map_err(|r| anyhow::anyhow!("manifest signature refused: {}", r.reason.as_str()))?;
@@ -334,7 +339,8 @@ pub fn verify_export(key_dir: &Path, alg: token_core::Alg, csv: &Path, manifest:
     }
     let bytes = std::fs::read(csv).with_context(|| format!("reading {}", csv.display()))?;
     let sha = hex::encode(digest::digest(&digest::SHA256, &bytes).as_ref());
-    if Some(sha.as_str()) != m["sha256"].as_str() || Some(bytes.len() as u64) != m["bytes"].as_u64() {
+    if Some(sha.as_str()) != m["sha256"].as_str() || Some(bytes.len() as u64) != m["bytes"].as_u64()
+    {
         bail!(
             "{} does not match the manifest: SHA-256 {sha}, manifest says {}",
             csv.display(),
