@@ -104,6 +104,11 @@ pub fn parse_line(
     policy: KindPolicy,
     now_us: i64,
 ) -> Result<NewEvent, String> {
+    // Fast path: straight into the schema. Only a line that fails is parsed
+    // again as a plain value, to explain precisely what is wrong with it.
+    if let Ok(ev) = serde_json::from_slice::<IngestEvent>(line) {
+        return ev.validate(source, policy, now_us);
+    }
     let v: Value = serde_json::from_slice(line).map_err(|e| format!("invalid JSON: {e}"))?;
     parse_value(v, source, policy, now_us)
 }
