@@ -123,8 +123,7 @@ where
     actix_web::dev::forward_ready!(inner);
 
     fn call(&self, req: ServiceRequest) -> Self::Future {
-        let meta =
-            RequestMeta::from_parts(req.peer_addr(), req.headers(), req.method(), req.path());
+        let meta = RequestMeta::from_service_request(&req);
         let decision = match presented_token(&req) {
             Presented::Missing => Err(None),
             Presented::Token(t) => self.config.tokens.verify(t).map_err(Some),

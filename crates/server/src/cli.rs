@@ -156,6 +156,10 @@ pub struct ServeArgs {
     /// Address to listen on (default 127.0.0.1:8080; port 0 picks a free port).
     #[arg(long, env = "TOKENWATCH_LISTEN")]
     pub listen: Option<String>,
+    /// Generate realistic traffic, attacks included, against this server so the
+    /// dashboard and detectors come alive. Creates demo users. Not for production.
+    #[arg(long)]
+    pub demo: bool,
 }
 
 #[derive(Subcommand, Debug)]

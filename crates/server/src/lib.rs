@@ -10,6 +10,7 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod datadir;
+pub mod demo;
 pub mod detection;
 pub mod forward;
 pub mod ingest;
@@ -59,7 +60,7 @@ fn run(cli: cli::Cli) -> anyhow::Result<()> {
         let _ = logging::init(None, "warn");
     }
     match cli.command {
-        Command::Serve(_) => serve::run(settings),
+        Command::Serve(a) => serve::run(settings, a.demo),
         Command::Users(cmd) => commands::users(&settings, cmd),
         Command::Clients(cmd) => commands::clients(&settings, cmd),
         Command::Token(cmd) => commands::token(&settings, cmd),

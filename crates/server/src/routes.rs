@@ -16,6 +16,9 @@ pub fn configure(cfg: &mut web::ServiceConfig, state: &web::Data<AppState>) {
     let bearer = BearerAuth::new(state.tokens.clone(), state.audit.clone())
         .on_event(move |ev| metrics_state.metrics.count_event(ev));
     cfg.app_data(state.clone())
+        .app_data(web::Data::new(crate::request_meta::TrustedProxies(
+            state.settings.trusted_proxies.clone(),
+        )))
         .app_data(web::PayloadConfig::new(FORM_LIMIT))
         .route("/oauth/token", web::post().to(oauth::token))
         .route("/oauth/introspect", web::post().to(oauth::introspect))

@@ -49,7 +49,13 @@ pub fn open_app_state_with(settings: &Settings, detectors: bool) -> Result<web::
     }))
 }
 
-pub fn run(settings: Settings) -> Result<()> {
+pub fn run(mut settings: Settings, demo: bool) -> Result<()> {
+    if demo {
+        // The demo's clients come from documentation ranges via X-Forwarded-For.
+        for local in ["127.0.0.1/32", "::1/128"] {
+            settings.trusted_proxies.push(local.parse()?);
+        }
+    }
     let lock = DataDirLock::acquire(&settings.data_dir)?;
     let _log_guard = crate::logging::init(Some(&settings.data_dir), &settings.log_level);
     let data = open_app_state_with(&settings, true)?;
@@ -79,6 +85,16 @@ pub fn run(settings: Settings) -> Result<()> {
         crate::cli::print_line(&format!("tokenwatch listening on http://{addr}"))?;
     }
     tracing::info!(listen = %settings.listen, data_dir = %settings.data_dir.display(), "tokenwatch serving");
+    if demo {
+        let addr = *server
+            .addrs()
+            .first()
+            .context("the server is not listening on any address")?;
+        crate::demo::spawn(addr, data.state.clone(), data.tokens.clone())?;
+        data.audit
+            .record_blocking(crate::demo::setup_event())
+            .context("recording the demo setup")?;
+    }
     actix_web::rt::System::new().block_on(server.run())?;
 
     // The last AppState reference goes first: it stops the detectors, whose

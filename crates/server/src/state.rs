@@ -260,6 +260,20 @@ impl StateDb {
             .query_row("SELECT count(*) FROM users", [], |r| r.get(0))?)
     }
 
+    /// Replaces a user's password hash. False when there is no such user.
+    pub fn set_password(&self, username: &str, password: &str) -> Result<bool, StateError> {
+        if password.chars().count() < 12 {
+            return Err(StateError::Invalid(
+                "password must be at least 12 characters".into(),
+            ));
+        }
+        let hash = passwords::hash(password).map_err(StateError::Hash)?;
+        Ok(self.conn().execute(
+            "UPDATE users SET password_hash = ?2 WHERE username = ?1",
+            params![username, hash],
+        )? > 0)
+    }
+
     /// Creates a user with an argon2id hash of `password`.
     pub fn add_user(&self, username: &str, role: Role, password: &str) -> Result<User, StateError> {
         validate_name(username, "username")?;
