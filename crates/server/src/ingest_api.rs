@@ -237,7 +237,10 @@ fn parse_body(body: &[u8], source: &str, max_events: usize) -> Result<Parsed, Bo
             for (i, line) in lines {
                 p.total += 1;
                 if p.total > max_events {
-                    let total = p.total + body[..].split(|b| *b == b'\n').skip(i + 1).count();
+                    let total = body
+                        .split(|b| *b == b'\n')
+                        .filter(|l| l.iter().any(|b| !b.is_ascii_whitespace()))
+                        .count();
                     return Err(BodyError::TooManyEvents(total));
                 }
                 match parse_line(line, source, KindPolicy::Ingest, now) {
