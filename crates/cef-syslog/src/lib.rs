@@ -19,7 +19,9 @@
 //!     msg_id: "alert",
 //! };
 //! let line = frame.render(&cef.to_string());
-//! assert!(line.starts_with("<83>1 2023-11-14T22:13:20.000000Z host1 tokenwatch - alert - CEF:0|tokenwatch|"));
+//! // PRI 83 = facility 10 (authpriv) * 8 + severity 3 (error); PROCID is this process's id.
+//! assert!(line.starts_with("<83>1 2023-11-14T22:13:20.000000Z host1 tokenwatch "));
+//! assert!(line.contains(" alert - CEF:0|tokenwatch|tokenwatch|0.1.0|brute-force:burst|"));
 //! assert!(line.ends_with("|8|suser=alice src=203.0.113.7"));
 //! ```
 
