@@ -21,6 +21,9 @@ pub struct AppState {
     pub metrics: Metrics,
     /// The detector plugins; `None` when the server runs without them (benches).
     pub detection: Option<Detection>,
+    /// Limits and per-source rate buckets of `POST /api/v1/events`.
+    pub ingest_limits: crate::ingest_api::IngestLimits,
+    pub ingest: crate::ingest_api::IngestState,
 }
 
 /// The audit store could not commit the event; the decision must not be acted on.

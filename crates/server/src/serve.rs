@@ -44,6 +44,8 @@ pub fn open_app_state_with(settings: &Settings, detectors: bool) -> Result<web::
         store,
         metrics: Metrics::default(),
         detection,
+        ingest_limits: settings.ingest.clone(),
+        ingest: Default::default(),
     }))
 }
 
@@ -59,6 +61,7 @@ pub fn run(mut settings: Settings, demo: bool) -> Result<()> {
     let data = open_app_state_with(&settings, true)?;
     let store = data.store.clone();
     spawn_housekeeping(data.state.clone());
+    let forwarders = crate::forward::start(&settings.forward, &store, data.state.clone())?;
 
     let app_data = data.clone();
     let server = HttpServer::new(move || {
@@ -96,6 +99,7 @@ pub fn run(mut settings: Settings, demo: bool) -> Result<()> {
 
     // The last AppState reference goes first: it stops the detectors, whose
     // alerts still go through the store's writer.
+    drop(forwarders);
     drop(data);
     match Arc::try_unwrap(store) {
         Ok(store) => store.shutdown().context("closing the audit store")?,
