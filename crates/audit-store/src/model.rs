@@ -68,6 +68,9 @@ pub mod kinds {
     pub const LOCKOUT_APPLIED: &str = "lockout.applied";
     /// A lockout lifted early by an operator.
     pub const LOCKOUT_LIFTED: &str = "lockout.lifted";
+    /// One request to the ingest API (`POST /api/v1/events`), with its counts;
+    /// the events it carried are recorded each under their own kind.
+    pub const INGEST_BATCH: &str = "ingest.batch";
 
     /// Every kind above, in documentation order.
     pub const ALL: &[&str] = &[
@@ -89,6 +92,7 @@ pub mod kinds {
         PLUGIN_UNLOADED,
         LOCKOUT_APPLIED,
         LOCKOUT_LIFTED,
+        INGEST_BATCH,
     ];
 }
 

@@ -408,6 +408,23 @@ impl AuditReader {
         Ok(st.query_row([id], alert_row).optional()?)
     }
 
+    /// Alerts with id > `id`, ascending, at most `limit` (for forwarders that
+    /// keep a delivery cursor).
+    pub fn alerts_after(&self, id: i64, limit: usize) -> Result<Vec<Alert>, StoreError> {
+        let conn = self.conn()?;
+        let mut st = conn.prepare_cached(&format!(
+            "SELECT {ALERT_COLS} FROM alerts WHERE id > ?1 ORDER BY id LIMIT ?2"
+        ))?;
+        let rows = st.query_map(rusqlite::params![id, limit.min(MAX_PAGE) as i64], alert_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// The newest alert id (0 if none).
+    pub fn max_alert_id(&self) -> Result<i64, StoreError> {
+        let conn = self.conn()?;
+        Ok(conn.query_row("SELECT coalesce(max(id), 0) FROM alerts", [], |r| r.get(0))?)
+    }
+
     /// Streams every event matching `f` as CSV ([`crate::CSV_EVENT_COLUMNS`]), oldest
     /// first, in constant memory. Returns the number of data rows. Cells from outside
     /// are neutralised against formula injection (see the `export` module docs).

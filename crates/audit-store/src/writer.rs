@@ -764,25 +764,20 @@ impl Writer {
     fn after_commit(&mut self, work: Vec<Msg>, done: Vec<Done>) {
         let mut n_events = 0u64;
         let mut last = 0;
-        for (m, d) in work.into_iter().zip(done) {
+        for (m, d) in work.iter().zip(&done) {
             match (m, d) {
-                (Msg::Event(p, a), Done::Ev(id, h)) => {
-                    self.note_event(id, &p, &h);
+                (Msg::Event(p, _), Done::Ev(id, h)) => {
+                    self.note_event(*id, p, h);
                     n_events += 1;
-                    last = id;
-                    let _ = a.send(Ok(id));
+                    last = *id;
                 }
-                (Msg::Events(ps, a), Done::Evs(ids)) => {
-                    for (p, (id, h)) in ps.iter().zip(&ids) {
+                (Msg::Events(ps, _), Done::Evs(ids)) => {
+                    for (p, (id, h)) in ps.iter().zip(ids) {
                         self.note_event(*id, p, h);
                     }
                     n_events += ids.len() as u64;
                     last = ids.last().map_or(last, |x| x.0);
-                    let _ = a.send(Ok(ids.into_iter().map(|x| x.0).collect()));
                 }
-                (Msg::Alert(_, a), Done::Id(id)) => drop(a.send(Ok(id))),
-                (Msg::AlertStatus { ack, .. }, Done::Unit) => drop(ack.send(Ok(()))),
-                (Msg::AlertStatus { ack, .. }, Done::Refused(e)) => drop(ack.send(Err(e))),
                 _ => {}
             }
         }
@@ -791,9 +786,23 @@ impl Writer {
                 tracing::warn!(error = %e, "writing the ECS security log failed (the audit store itself is fine)");
             }
         }
+        // Counters and the commit watch move before any caller is acknowledged,
+        // so an acknowledged caller never sees health lag behind its own event.
         if n_events > 0 {
             self.shared.committed.fetch_add(n_events, Ordering::Relaxed);
             self.shared.watch.publish(last);
+        }
+        for (m, d) in work.into_iter().zip(done) {
+            match (m, d) {
+                (Msg::Event(_, a), Done::Ev(id, _)) => drop(a.send(Ok(id))),
+                (Msg::Events(_, a), Done::Evs(ids)) => {
+                    drop(a.send(Ok(ids.into_iter().map(|x| x.0).collect())))
+                }
+                (Msg::Alert(_, a), Done::Id(id)) => drop(a.send(Ok(id))),
+                (Msg::AlertStatus { ack, .. }, Done::Unit) => drop(ack.send(Ok(()))),
+                (Msg::AlertStatus { ack, .. }, Done::Refused(e)) => drop(ack.send(Err(e))),
+                _ => {}
+            }
         }
     }
 

@@ -713,9 +713,14 @@ impl Worker {
         views.clear();
         views.extend(batch.iter().map(event_view));
         let n = batch.len() as u64;
+        let shared = SharedViews(&views);
+        // Big batches are split across the cores; ticks and small batches are
+        // not worth a thread.
+        let parallel = batch.len() >= PARALLEL_MIN_BATCH;
         self.each_running(
             newest,
-            |inst, c| inst.process(&views, c),
+            parallel,
+            |inst, c| inst.process(shared.views(), c),
             |e| {
                 e.events.fetch_add(n, Ordering::Relaxed);
             },
@@ -727,23 +732,23 @@ impl Worker {
 
     fn tick(&mut self) {
         let now = now_us();
-        self.each_running(now, |inst, c| inst.tick(now, c), |_| {});
+        self.each_running(now, false, |inst, c| inst.tick(now, c), |_| {});
     }
 
     /// Call every running instance, account for time, alerts and errors,
-    /// and disable those that keep failing.
+    /// and disable those that keep failing. With `parallel`, the instances
+    /// are split over two threads, heaviest first (by time spent so far), as
+    /// the ABI allows distinct states to run concurrently.
     fn each_running(
         &mut self,
         time_us: i64,
-        mut call: impl FnMut(&mut Instance, &mut Collector<'_>) -> Result<(), String>,
-        count: impl Fn(&Entry),
+        parallel: bool,
+        call: impl Fn(&mut Instance, &mut Collector<'_>) -> Result<(), String> + Sync,
+        count: impl Fn(&Entry) + Sync,
     ) {
         let limit = self.cfg.max_consecutive_errors.max(1);
-        let mut disabled = Vec::new();
-        for (path, slot) in &mut self.slots {
-            let Some(instance) = slot.instance.as_mut() else {
-                continue;
-            };
+        let run = |path: &PathBuf, slot: &mut Slot| -> Option<Ran> {
+            let instance = slot.instance.as_mut()?;
             let name = instance.info().name.clone();
             let mut collector = Collector::new(&name, time_us);
             let started = Instant::now();
@@ -754,25 +759,84 @@ impl Worker {
             count(e);
             e.alerts
                 .fetch_add(collector.alerts.len() as u64, Ordering::Relaxed);
-            if !collector.rejected.is_empty() {
-                e.errors
-                    .fetch_add(collector.rejected.len() as u64, Ordering::Relaxed);
-                tracing::warn!(plugin = %name, first = %collector.rejected[0], count = collector.rejected.len(), "alerts refused");
-            }
-            for alert in collector.alerts.drain(..) {
-                self.sink.alert(alert);
-            }
-            match result {
+            e.errors
+                .fetch_add(collector.rejected.len() as u64, Ordering::Relaxed);
+            let mut disable = None;
+            match &result {
                 Ok(()) => slot.consecutive_errors = 0,
                 Err(msg) => {
                     slot.consecutive_errors += 1;
                     e.errors.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(plugin = %name, error = %msg, in_a_row = slot.consecutive_errors, "plugin returned an error");
                     lock(&e.meta).last_error = Some(msg.clone());
                     if slot.consecutive_errors >= limit {
-                        disabled.push((path.clone(), name, msg));
+                        disable = Some(msg.clone());
                     }
                 }
+            }
+            Some(Ran {
+                path: path.clone(),
+                alerts: std::mem::take(&mut collector.alerts),
+                rejected: std::mem::take(&mut collector.rejected),
+                error: result.err().map(|m| (m, slot.consecutive_errors)),
+                disable,
+                name,
+            })
+        };
+
+        let mut running: Vec<(&PathBuf, &mut Slot)> = self
+            .slots
+            .iter_mut()
+            .filter(|(_, s)| s.instance.is_some())
+            .collect();
+        let ran: Vec<Ran> = if parallel && running.len() > 1 {
+            // Longest-processing-time-first onto the less loaded of two groups.
+            running
+                .sort_by_key(|(_, s)| std::cmp::Reverse(s.entry.time_ns.load(Ordering::Relaxed)));
+            let (mut here, mut there) = (Vec::new(), Vec::new());
+            let (mut load_here, mut load_there) = (0u64, 0u64);
+            for (path, slot) in running {
+                let cost = slot.entry.time_ns.load(Ordering::Relaxed).max(1);
+                if load_here <= load_there {
+                    load_here += cost;
+                    here.push((path, slot));
+                } else {
+                    load_there += cost;
+                    there.push((path, slot));
+                }
+            }
+            std::thread::scope(|scope| {
+                let other = scope.spawn(|| {
+                    there
+                        .into_iter()
+                        .filter_map(|(p, s)| run(p, s))
+                        .collect::<Vec<_>>()
+                });
+                let mut ran: Vec<Ran> = here.into_iter().filter_map(|(p, s)| run(p, s)).collect();
+                match other.join() {
+                    Ok(more) => ran.extend(more),
+                    // `run` does not panic (plugins cannot unwind across the ABI);
+                    // if it ever did, this batch's results from that half are lost.
+                    Err(_) => tracing::error!("a plugin worker thread panicked"),
+                }
+                ran
+            })
+        } else {
+            running.into_iter().filter_map(|(p, s)| run(p, s)).collect()
+        };
+
+        let mut disabled = Vec::new();
+        for r in ran {
+            if let Some(first) = r.rejected.first() {
+                tracing::warn!(plugin = %r.name, first = %first, count = r.rejected.len(), "alerts refused");
+            }
+            for alert in r.alerts {
+                self.sink.alert(alert);
+            }
+            if let Some((msg, in_a_row)) = &r.error {
+                tracing::warn!(plugin = %r.name, error = %msg, in_a_row, "plugin returned an error");
+            }
+            if let Some(msg) = r.disable {
+                disabled.push((r.path, r.name, msg));
             }
         }
         for (path, name, msg) in disabled {
@@ -789,6 +853,33 @@ impl Worker {
                 reason,
             });
         }
+    }
+}
+
+/// What one plugin call produced, carried back from a worker thread.
+struct Ran {
+    path: PathBuf,
+    name: String,
+    alerts: Vec<crate::AlertRecord>,
+    rejected: Vec<String>,
+    error: Option<(String, u32)>,
+    disable: Option<String>,
+}
+
+/// Batches at least this big are worth splitting across two threads.
+const PARALLEL_MIN_BATCH: usize = 256;
+
+/// The event views of one batch, shared read-only by the plugin calls.
+struct SharedViews<'a>(&'a [EventView]);
+
+// SAFETY: the views only point into the batch, which outlives every call that
+// reads them, and nothing writes through them while the calls run.
+unsafe impl Sync for SharedViews<'_> {}
+
+impl SharedViews<'_> {
+    // A method, not `.0`, so closures capture the Sync wrapper, not the slice.
+    fn views(&self) -> &[EventView] {
+        self.0
     }
 }
 

@@ -63,6 +63,12 @@ pub(crate) struct Instance {
     _lib: libloading::Library,
 }
 
+// SAFETY: the ABI (see the header's "Threading" paragraph) lets successive
+// calls on one state come from different threads, and different states be
+// used concurrently. `&mut self` on every call keeps one state to one thread
+// at a time, which is all the ABI asks.
+unsafe impl Send for Instance {}
+
 static COPY_SEQ: AtomicU64 = AtomicU64::new(0);
 
 /// Copy `path` into `dir` under a name no other load has used, so the loader

@@ -23,6 +23,9 @@ pub struct AppState {
     pub detection: Option<Detection>,
     /// Sessions, login back-off and report manifests of the admin UI.
     pub admin: crate::admin::AdminUi,
+    /// Limits and per-source rate buckets of `POST /api/v1/events`.
+    pub ingest_limits: crate::ingest_api::IngestLimits,
+    pub ingest: crate::ingest_api::IngestState,
 }
 
 /// The audit store could not commit the event; the decision must not be acted on.

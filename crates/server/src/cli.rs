@@ -59,6 +59,34 @@ pub enum Command {
     /// Inspect detector plugins: list the folder, check a file, backtest over history.
     #[command(subcommand)]
     Plugins(PluginsCmd),
+    /// Ingest sources: services that report events to POST /api/v1/events with an API key.
+    #[command(subcommand)]
+    Sources(SourcesCmd),
+    /// Import a JSON-lines security log (ECS lines as tokenwatch writes them, or
+    /// generic JSON lines); resumable: a rerun continues where the last one stopped.
+    Ingest(IngestArgs),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SourcesCmd {
+    /// Add a source; its API key is printed once and stored only as a hash.
+    Add { name: String },
+    /// List sources (never their keys).
+    List,
+    /// Revoke a source's key now.
+    Revoke { name: String },
+}
+
+#[derive(Args, Debug)]
+pub struct IngestArgs {
+    /// The JSON-lines file.
+    pub file: PathBuf,
+    /// The `source` recorded on the imported events.
+    #[arg(long, default_value = "import")]
+    pub source: String,
+    /// Ignore the saved position and read the file from its first line.
+    #[arg(long)]
+    pub from_start: bool,
 }
 
 #[derive(Subcommand, Debug)]

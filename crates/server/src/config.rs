@@ -48,6 +48,12 @@ pub struct FileConfig {
     /// Per-plugin configuration, passed to the plugin's create() as JSON.
     #[serde(default)]
     pub plugins: toml::Table,
+    /// `[ingest]`: limits of `POST /api/v1/events`.
+    #[serde(default)]
+    pub ingest: crate::ingest_api::IngestFileConfig,
+    /// `[[forward]]`: syslog/CEF collectors that receive alerts (and optionally events).
+    #[serde(default)]
+    pub forward: Vec<crate::forward::ForwardFileConfig>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -122,6 +128,8 @@ pub struct Settings {
     pub plugin_config: std::collections::HashMap<String, serde_json::Value>,
     pub response: ResponsePolicy,
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    pub ingest: crate::ingest_api::IngestLimits,
+    pub forward: Vec<crate::forward::ForwardConfig>,
 }
 
 /// What the server does when a detector raises an alert.
@@ -212,7 +220,11 @@ impl Settings {
                     .unwrap_or(i64::MAX),
             },
         };
+        let ingest = file.ingest.resolve();
+        let forward = crate::forward::resolve(&file.forward)?;
         Ok(Settings {
+            ingest,
+            forward,
             response,
             trusted_proxies,
             listen,

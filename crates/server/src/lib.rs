@@ -13,6 +13,10 @@ pub mod config;
 pub mod datadir;
 pub mod demo;
 pub mod detection;
+pub mod forward;
+pub mod ingest;
+pub mod ingest_api;
+pub mod ingest_file;
 pub mod logging;
 pub mod metrics;
 pub mod oauth;
@@ -21,6 +25,7 @@ pub mod request_meta;
 pub mod response;
 pub mod routes;
 pub mod serve;
+pub mod sources;
 pub mod state;
 
 use clap::Parser;
@@ -66,5 +71,7 @@ fn run(cli: cli::Cli) -> anyhow::Result<()> {
         Command::Plugins(cmd) => commands::plugins(&settings, cmd),
         Command::Exceptions(cmd) => commands::exceptions(&settings, cmd),
         Command::Lockouts(cmd) => commands::lockouts(&settings, cmd),
+        Command::Sources(cmd) => ingest_file::sources(&settings, cmd),
+        Command::Ingest(args) => ingest_file::ingest(&settings, args),
     }
 }

@@ -27,6 +27,10 @@ pub fn configure(cfg: &mut web::ServiceConfig, state: &web::Data<AppState>) {
         .route("/healthz", web::get().to(healthz))
         .route("/metrics", web::get().to(metrics))
         .configure(crate::admin::configure)
+        // Before the /api/v1 scope: ingest keys are not access tokens.
+        .service(
+            web::resource("/api/v1/events").route(web::post().to(crate::ingest_api::post_events)),
+        )
         .service(
             web::scope("/api/v1")
                 .wrap(bearer)

@@ -45,6 +45,8 @@ pub fn open_app_state_with(settings: &Settings, detectors: bool) -> Result<web::
         metrics: Metrics::default(),
         detection,
         admin: Default::default(),
+        ingest_limits: settings.ingest.clone(),
+        ingest: Default::default(),
     }))
 }
 
@@ -60,6 +62,7 @@ pub fn run(mut settings: Settings, demo: bool) -> Result<()> {
     let data = open_app_state_with(&settings, true)?;
     let store = data.store.clone();
     spawn_housekeeping(data.state.clone());
+    let forwarders = crate::forward::start(&settings.forward, &store, data.state.clone())?;
 
     let app_data = data.clone();
     let server = HttpServer::new(move || {
@@ -97,6 +100,7 @@ pub fn run(mut settings: Settings, demo: bool) -> Result<()> {
 
     // The last AppState reference goes first: it stops the detectors, whose
     // alerts still go through the store's writer.
+    drop(forwarders);
     drop(data);
     match Arc::try_unwrap(store) {
         Ok(store) => store.shutdown().context("closing the audit store")?,

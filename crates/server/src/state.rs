@@ -170,6 +170,29 @@ CREATE TABLE lockouts (
     PRIMARY KEY (kind, key)
 );
 "#,
+    // Ingest: per-source API keys (SHA-256 of a 256-bit random key), resumable
+    // file imports and the forwarders' delivery cursors.
+    r#"
+CREATE TABLE ingest_sources (
+    name       TEXT PRIMARY KEY,
+    key_sha256 TEXT NOT NULL UNIQUE,
+    key_hint   TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    revoked_at INTEGER
+);
+CREATE TABLE ingest_files (
+    path       TEXT PRIMARY KEY,
+    head_sha256 TEXT NOT NULL,
+    byte_offset INTEGER NOT NULL,
+    line       INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL
+);
+CREATE TABLE forward_cursors (
+    name       TEXT PRIMARY KEY,
+    last_id    INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL
+);
+"#,
 ];
 
 pub struct StateDb {
@@ -498,7 +521,7 @@ fn migrate(conn: &Connection) -> Result<(), StateError> {
     Ok(())
 }
 
-fn validate_name(name: &str, what: &str) -> Result<(), StateError> {
+pub(crate) fn validate_name(name: &str, what: &str) -> Result<(), StateError> {
     let ok = !name.is_empty()
         && name.len() <= 64
         && name

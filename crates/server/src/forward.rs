@@ -1,0 +1,384 @@
+//! Forwarding out: alerts (and, when asked, events) sent to syslog collectors
+//! as RFC 5424 messages carrying CEF, over TCP or UDP.
+//!
+//! Each forwarder reads from the audit store after a delivery cursor kept in
+//! `state.db` and moves the cursor only after a batch was sent, so a collector
+//! outage is caught up from the store when the collector returns: nothing is
+//! lost (TCP; over UDP a datagram the network drops is gone, as UDP goes).
+//! Delivery is at-least-once: a batch interrupted by a failure is sent again.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use audit_store::{Alert, AuditReader, AuditStore, Outcome, Severity, StoredEvent};
+use cef_syslog::{Cef, Facility, Sender, SyslogFrame, Target};
+use serde::Deserialize;
+
+use crate::config::ConfigError;
+use crate::state::StateDb;
+
+const VENDOR: &str = "tokenwatch";
+const PRODUCT: &str = "tokenwatch";
+const BATCH: usize = 500;
+
+/// One `[[forward]]` table of tokenwatch.toml.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForwardFileConfig {
+    /// `tcp://HOST:PORT` or `udp://HOST:PORT`.
+    pub target: String,
+    /// Names the delivery cursor in state.db (default: the target). Renaming
+    /// it starts a new cursor.
+    pub name: Option<String>,
+    /// Forward alerts (default true).
+    pub alerts: Option<bool>,
+    /// Forward every audit event too (default false).
+    pub events: Option<bool>,
+    /// Syslog facility number (default 10, authpriv).
+    pub facility: Option<u8>,
+    /// HOSTNAME field of the syslog header (default: this machine's name).
+    pub hostname: Option<String>,
+    /// Seconds between retries while the collector is unreachable (default 5).
+    pub retry_secs: Option<u64>,
+    /// Where a forwarder without a cursor starts: "now" (default) or "beginning".
+    pub start: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ForwardConfig {
+    pub name: String,
+    pub target: Target,
+    pub alerts: bool,
+    pub events: bool,
+    pub facility: Facility,
+    pub hostname: String,
+    pub retry: Duration,
+    pub from_beginning: bool,
+}
+
+pub fn resolve(files: &[ForwardFileConfig]) -> Result<Vec<ForwardConfig>, ConfigError> {
+    let invalid = |message: String| ConfigError::Invalid {
+        key: "forward",
+        message,
+    };
+    let mut out: Vec<ForwardConfig> = Vec::new();
+    for f in files {
+        let target: Target = f.target.parse().map_err(|e| invalid(format!("{e}")))?;
+        let name = f.name.clone().unwrap_or_else(|| f.target.clone());
+        if out.iter().any(|o| o.name == name) {
+            return Err(invalid(format!(
+                "two forwarders are named {name:?}; give each a distinct `name`"
+            )));
+        }
+        let facility = f.facility.unwrap_or(10);
+        if facility > 23 {
+            return Err(invalid(format!(
+                "facility {facility} is not a syslog facility (0-23)"
+            )));
+        }
+        let from_beginning = match f.start.as_deref().unwrap_or("now") {
+            "now" => false,
+            "beginning" => true,
+            other => {
+                return Err(invalid(format!(
+                    "start = {other:?}: expected \"now\" or \"beginning\""
+                )))
+            }
+        };
+        out.push(ForwardConfig {
+            name,
+            target,
+            alerts: f.alerts.unwrap_or(true),
+            events: f.events.unwrap_or(false),
+            facility: Facility(facility),
+            hostname: f.hostname.clone().unwrap_or_else(hostname),
+            retry: Duration::from_secs(f.retry_secs.unwrap_or(5).max(1)),
+            from_beginning,
+        });
+    }
+    Ok(out)
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "-".into())
+}
+
+fn cef_severity(s: Severity) -> u8 {
+    match s {
+        Severity::Low => 3,
+        Severity::Medium => 5,
+        Severity::High => 8,
+        Severity::Critical => 10,
+    }
+}
+
+fn syslog_severity(s: Severity) -> cef_syslog::Severity {
+    match s {
+        Severity::Low => cef_syslog::Severity::Notice,
+        Severity::Medium => cef_syslog::Severity::Warning,
+        Severity::High => cef_syslog::Severity::Error,
+        Severity::Critical => cef_syslog::Severity::Critical,
+    }
+}
+
+fn is_ip(s: &Option<String>) -> Option<String> {
+    s.as_ref()
+        .filter(|v| v.parse::<std::net::IpAddr>().is_ok())
+        .cloned()
+}
+
+/// An alert as one RFC 5424 line with a CEF message.
+pub fn alert_message(a: &Alert, cfg: &ForwardConfig) -> String {
+    let cef = Cef::new(
+        VENDOR,
+        PRODUCT,
+        env!("CARGO_PKG_VERSION"),
+        &format!("{}:{}", a.detector, a.rule),
+        &a.summary,
+        cef_severity(a.severity),
+    )
+    .ext("rt", (a.time_us / 1000).to_string())
+    .ext("externalId", a.id.to_string())
+    .ext("cat", "alert")
+    .ext_opt("src", is_ip(&a.client_ip))
+    .ext_opt("suser", a.subject.clone())
+    .ext("cnt", a.count.to_string())
+    .ext("cs1Label", "detector")
+    .ext("cs1", a.detector.clone())
+    .ext("cs2Label", "groupKey")
+    .ext("cs2", a.group_key.clone())
+    .ext("cs3Label", "status")
+    .ext("cs3", a.status.as_str())
+    .ext("msg", a.summary.clone());
+    SyslogFrame {
+        facility: cfg.facility,
+        severity: syslog_severity(a.severity),
+        time_us: a.time_us,
+        hostname: &cfg.hostname,
+        app_name: "tokenwatch",
+        msg_id: "alert",
+    }
+    .render(&cef.to_string())
+}
+
+/// An audit event as one RFC 5424 line with a CEF message.
+pub fn event_message(e: &StoredEvent, cfg: &ForwardConfig) -> String {
+    let failure = e.outcome == Outcome::Failure;
+    let cef = Cef::new(
+        VENDOR,
+        PRODUCT,
+        env!("CARGO_PKG_VERSION"),
+        &e.kind,
+        &e.kind,
+        if failure { 5 } else { 1 },
+    )
+    .ext("rt", (e.time_us / 1000).to_string())
+    .ext("externalId", e.id.to_string())
+    .ext("cat", "event")
+    .ext("outcome", e.outcome.as_str())
+    .ext_opt("reason", e.reason.clone())
+    .ext_opt("src", is_ip(&e.client_ip))
+    .ext_opt("suser", e.username.clone().or_else(|| e.subject.clone()))
+    .ext_opt("requestMethod", e.method.clone())
+    .ext_opt("request", e.path.clone())
+    .ext_opt("requestClientApplication", e.user_agent.clone())
+    .ext("cs1Label", "source")
+    .ext("cs1", e.source.clone())
+    .ext_opt("cs2Label", e.jti.as_ref().map(|_| "jti"))
+    .ext_opt("cs2", e.jti.clone())
+    .ext_opt("cs3Label", e.token_fp.as_ref().map(|_| "tokenFp"))
+    .ext_opt("cs3", e.token_fp.clone());
+    SyslogFrame {
+        facility: cfg.facility,
+        severity: if failure {
+            cef_syslog::Severity::Notice
+        } else {
+            cef_syslog::Severity::Informational
+        },
+        time_us: e.time_us,
+        hostname: &cfg.hostname,
+        app_name: "tokenwatch",
+        msg_id: "event",
+    }
+    .render(&cef.to_string())
+}
+
+/// The running forwarders; dropping this stops them.
+pub struct Forwarders {
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Drop for Forwarders {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Starts one thread per configured forwarder.
+pub fn start(
+    configs: &[ForwardConfig],
+    store: &AuditStore,
+    state: Arc<StateDb>,
+) -> Result<Forwarders> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut threads = Vec::new();
+    for cfg in configs {
+        let reader = store
+            .reader()
+            .context("opening a reader for the forwarder")?;
+        let mut streams = Vec::new();
+        if cfg.alerts {
+            streams.push(Stream::init(StreamKind::Alerts, cfg, &reader, &state)?);
+        }
+        if cfg.events {
+            streams.push(Stream::init(StreamKind::Events, cfg, &reader, &state)?);
+        }
+        let cfg = cfg.clone();
+        let state = state.clone();
+        let stop = stop.clone();
+        let t = std::thread::Builder::new()
+            .name(format!("tokenwatch-forward-{}", cfg.name))
+            .spawn(move || run(cfg, reader, state, streams, &stop))
+            .context("starting a forwarder thread")?;
+        threads.push(t);
+    }
+    Ok(Forwarders { stop, threads })
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum StreamKind {
+    Alerts,
+    Events,
+}
+
+struct Stream {
+    kind: StreamKind,
+    cursor_name: String,
+    cursor: i64,
+}
+
+impl Stream {
+    fn init(kind: StreamKind, cfg: &ForwardConfig, r: &AuditReader, s: &StateDb) -> Result<Stream> {
+        let cursor_name = format!(
+            "{}:{}",
+            cfg.name,
+            if kind == StreamKind::Alerts {
+                "alerts"
+            } else {
+                "events"
+            }
+        );
+        let cursor = match s.forward_cursor(&cursor_name)? {
+            Some(c) => c,
+            None => {
+                // A new forwarder starts now (or at the beginning); the cursor is
+                // saved at once, so an outage right away is caught up after a restart.
+                let start = if cfg.from_beginning {
+                    0
+                } else if kind == StreamKind::Alerts {
+                    r.max_alert_id()?
+                } else {
+                    r.max_event_id()?
+                };
+                s.set_forward_cursor(&cursor_name, start)?;
+                start
+            }
+        };
+        Ok(Stream {
+            kind,
+            cursor_name,
+            cursor,
+        })
+    }
+
+    /// The next messages after the cursor and the id of the last one.
+    fn next_batch(
+        &self,
+        r: &AuditReader,
+        cfg: &ForwardConfig,
+    ) -> Result<Option<(Vec<String>, i64)>> {
+        let (msgs, last) = match self.kind {
+            StreamKind::Alerts => {
+                let alerts = r.alerts_after(self.cursor, BATCH)?;
+                let last = alerts.last().map(|a| a.id);
+                (alerts.iter().map(|a| alert_message(a, cfg)).collect(), last)
+            }
+            StreamKind::Events => {
+                let events = r.events_after(self.cursor, BATCH)?;
+                let last = events.last().map(|e| e.id);
+                (events.iter().map(|e| event_message(e, cfg)).collect(), last)
+            }
+        };
+        Ok(last.map(|l| (msgs, l)))
+    }
+}
+
+fn run(
+    cfg: ForwardConfig,
+    reader: AuditReader,
+    state: Arc<StateDb>,
+    mut streams: Vec<Stream>,
+    stop: &AtomicBool,
+) {
+    let mut sender = Sender::new(cfg.target.clone(), Duration::from_secs(5));
+    let mut failing_since: Option<Instant> = None;
+    let sleep = |d: Duration| {
+        let until = Instant::now() + d;
+        while !stop.load(Ordering::Relaxed) && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    while !stop.load(Ordering::Relaxed) {
+        let mut sent_any = false;
+        let mut failed = false;
+        for s in &mut streams {
+            let batch = match s.next_batch(&reader, &cfg) {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::warn!(forwarder = %cfg.name, error = %format!("{e:#}"), "reading the audit store for forwarding failed");
+                    failed = true;
+                    break;
+                }
+            };
+            let Some((msgs, last)) = batch else { continue };
+            match sender.send_all(&msgs) {
+                Ok(()) => {
+                    if let Err(e) = state.set_forward_cursor(&s.cursor_name, last) {
+                        tracing::warn!(forwarder = %cfg.name, error = %e, "saving the forward cursor failed; the batch may be sent again");
+                    }
+                    s.cursor = last;
+                    sent_any = true;
+                    if let Some(t) = failing_since.take() {
+                        tracing::info!(forwarder = %cfg.name, down_secs = t.elapsed().as_secs(), "syslog collector reachable again; caught up from the store");
+                    }
+                }
+                Err(e) => {
+                    if failing_since.is_none() {
+                        failing_since = Some(Instant::now());
+                        tracing::warn!(forwarder = %cfg.name, error = %e, retry_secs = cfg.retry.as_secs(), "forwarding to the syslog collector failed; will retry from the store");
+                    }
+                    failed = true;
+                    break;
+                }
+            }
+        }
+        if failed {
+            sleep(cfg.retry);
+        } else if !sent_any {
+            sleep(Duration::from_millis(250));
+        }
+    }
+}

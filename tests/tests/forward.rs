@@ -1,0 +1,248 @@
+//! Forwarding alerts to a real rsyslog on 127.0.0.1, as RFC 5424 + CEF over
+//! TCP and UDP; a collector outage (while tokenwatch runs, and across a
+//! tokenwatch restart) is caught up from the store.
+//!
+//! Needs `rsyslogd`; CI installs it and sets TOKENWATCH_REQUIRE_RSYSLOG=1 so
+//! a missing one fails instead of skipping.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use audit_store::{AlertFilter, AuditReader};
+use tokenwatch_e2e::{cli, data_dir, http, Server};
+
+fn rsyslogd() -> Option<PathBuf> {
+    let found = [
+        "/usr/sbin/rsyslogd",
+        "/sbin/rsyslogd",
+        "/usr/local/sbin/rsyslogd",
+    ]
+    .iter()
+    .map(PathBuf::from)
+    .find(|p| p.exists());
+    if found.is_none() {
+        assert!(
+            std::env::var("TOKENWATCH_REQUIRE_RSYSLOG").is_err(),
+            "rsyslogd is required (apt-get install rsyslog)"
+        );
+        eprintln!("SKIP: rsyslogd not found (apt-get install rsyslog)");
+    }
+    found
+}
+
+/// An rsyslogd in the foreground with a private config: TCP and UDP inputs on
+/// 127.0.0.1, every message appended to `out` as `input|facility|severity|app|msgid|msg`.
+struct Rsyslog {
+    child: Child,
+}
+
+impl Rsyslog {
+    fn start(bin: &Path, dir: &Path, tcp: u16, udp: u16) -> Rsyslog {
+        let conf = dir.join("rsyslog.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                r#"global(workDirectory="{work}")
+module(load="imtcp")
+module(load="imudp")
+template(name="tw" type="string" string="%inputname%|%syslogfacility%|%syslogseverity%|%app-name%|%msgid%|%msg%\n")
+ruleset(name="tw") {{ action(type="omfile" file="{out}" template="tw") }}
+input(type="imtcp" address="127.0.0.1" port="{tcp}" ruleset="tw")
+input(type="imudp" address="127.0.0.1" port="{udp}" ruleset="tw")
+"#,
+                work = dir.display(),
+                out = dir.join("received.log").display(),
+            ),
+        )
+        .unwrap();
+        let child = Command::new(bin)
+            .arg("-n")
+            .arg("-f")
+            .arg(&conf)
+            .arg("-i")
+            .arg(dir.join("rsyslogd.pid"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting rsyslogd");
+        // Ready when the TCP input accepts.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", tcp)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "rsyslogd did not listen on {tcp}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Rsyslog { child }
+    }
+
+    fn stop(mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Rsyslog {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    // A port free for both TCP and UDP at the time of asking.
+    loop {
+        let t = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = t.local_addr().unwrap().port();
+        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+fn received(dir: &Path) -> Vec<String> {
+    std::fs::read_to_string(dir.join("received.log"))
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+fn wait_for<T>(what: &str, secs: u64, mut probe: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = probe() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Reports enough failed logins for `user` that brute-force raises an alert; returns its id.
+fn raise_alert(s: &Server, key: &str, user: &str) -> i64 {
+    let line = format!(
+        r#"{{"kind":"auth.login.failure","outcome":"failure","reason":"bad_password","username":"{user}","client_ip":"198.51.100.9"}}"#
+    );
+    let r = http()
+        .post(s.url("/api/v1/events"))
+        .bearer_auth(key)
+        .body(vec![line; 12].join("\n"))
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let reader = AuditReader::open(&s.data_dir.join("audit.db")).unwrap();
+    wait_for(&format!("a brute-force alert for {user}"), 30, || {
+        reader
+            .list_alerts(&AlertFilter::default(), None, 100)
+            .unwrap()
+            .items
+            .into_iter()
+            .find(|a| a.subject.as_deref() == Some(user) || a.summary.contains(user))
+            .map(|a| a.id)
+    })
+}
+
+fn delivered(lines: &[String], input: &str, alert_id: i64) -> Option<String> {
+    lines
+        .iter()
+        .find(|l| l.starts_with(input) && l.contains(&format!("externalId={alert_id} ")))
+        .cloned()
+}
+
+#[test]
+fn alerts_reach_rsyslog_over_tcp_and_udp_and_an_outage_loses_nothing() {
+    let Some(bin) = rsyslogd() else { return };
+    let (tmp, dir) = data_dir();
+    std::fs::create_dir_all(&dir).unwrap();
+    let rs_dir = tmp.path().join("rsyslog");
+    std::fs::create_dir_all(&rs_dir).unwrap();
+    let (tcp, udp) = (free_port(), free_port());
+    let config = tmp.path().join("tokenwatch.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[[forward]]
+name = "siem-tcp"
+target = "tcp://127.0.0.1:{tcp}"
+retry_secs = 1
+facility = 13
+
+[[forward]]
+name = "siem-udp"
+target = "udp://127.0.0.1:{udp}"
+retry_secs = 1
+"#
+        ),
+    )
+    .unwrap();
+    let out = cli(&dir, &["sources", "add", "edge"], "");
+    assert_eq!(out.status, 0, "{}", out.stderr);
+    let key = out
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("api_key: "))
+        .unwrap()
+        .to_string();
+    let cfg = ["--config", config.to_str().unwrap()];
+
+    // The collector is down when the first alert is raised.
+    let s = Server::start_with(&dir, &cfg);
+    let first = raise_alert(&s, &key, "victim-1");
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(received(&rs_dir).is_empty());
+
+    // It comes back: the alert arrives over TCP, caught up from the store.
+    let rs = Rsyslog::start(&bin, &rs_dir, tcp, udp);
+    let line = wait_for("the first alert over TCP", 30, || {
+        delivered(&received(&rs_dir), "imtcp", first)
+    });
+    // facility 13 (log audit), severity 3 (err) for a high alert, parsed as RFC 5424.
+    assert!(
+        line.starts_with("imtcp|13|3|tokenwatch|alert|CEF:0|tokenwatch|tokenwatch|"),
+        "{line}"
+    );
+    assert!(line.contains("|brute-force:brute-force|"), "{line}");
+    assert!(line.contains("cs1=brute-force"), "{line}");
+    assert!(line.contains("src=198.51.100.9"), "{line}");
+
+    // While it is up, both transports deliver.
+    let second = raise_alert(&s, &key, "victim-2");
+    wait_for("the second alert over TCP and UDP", 30, || {
+        let lines = received(&rs_dir);
+        (delivered(&lines, "imtcp", second).is_some()
+            && delivered(&lines, "imudp", second).is_some())
+        .then_some(())
+    });
+
+    // Down again, and tokenwatch restarts before it is back: the cursor in
+    // state.db remembers what was not delivered.
+    rs.stop();
+    let third = raise_alert(&s, &key, "victim-3");
+    std::thread::sleep(Duration::from_secs(2));
+    s.stop();
+    let _rs = Rsyslog::start(&bin, &rs_dir, tcp, udp);
+    let s = Server::start_with(&dir, &cfg);
+    wait_for("the third alert after the restart", 30, || {
+        delivered(&received(&rs_dir), "imtcp", third)
+    });
+    s.stop();
+
+    let tcp_lines: Vec<_> = received(&rs_dir)
+        .into_iter()
+        .filter(|l| l.starts_with("imtcp"))
+        .collect();
+    for id in [first, second, third] {
+        assert!(
+            tcp_lines
+                .iter()
+                .any(|l| l.contains(&format!("externalId={id} "))),
+            "alert {id} missing over TCP: {tcp_lines:#?}"
+        );
+    }
+}
