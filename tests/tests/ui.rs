@@ -2,8 +2,9 @@
 //! makes the built-in detectors raise an alert, and a real headless Chromium
 //! (Debian's `chromium`) driven over the DevTools protocol.
 //!
-//! Set `TOKENWATCH_SCREENSHOT=docs/dashboard.png` to save the dashboard
-//! screenshot the browser test takes (scripts/screenshot.sh does).
+//! Set `TOKENWATCH_SCREENSHOT=FILE.png` to keep the dashboard screenshot the
+//! browser test takes (the README's one, with demo traffic, comes from
+//! scripts/screenshot.sh).
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
