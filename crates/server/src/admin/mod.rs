@@ -13,7 +13,7 @@
 mod assets;
 mod auth;
 mod exceptions;
-mod pages;
+pub mod pages;
 pub mod reports;
 pub mod session;
 

@@ -185,6 +185,21 @@ pub struct DashboardData {
     totals: Totals,
 }
 
+/// The dashboard's numbers for `[from_us, to_us)`, exactly as its page and chart
+/// endpoint compute them (public for the console benchmark).
+pub fn dashboard_numbers_for(
+    r: &AuditReader,
+    from_us: i64,
+    to_us: i64,
+) -> Result<DashboardData, AdminError> {
+    let q = RangeQuery {
+        range: Some("custom".into()),
+        from: Some(audit_store::rfc3339_us(from_us)),
+        to: Some(audit_store::rfc3339_us(to_us)),
+    };
+    dashboard_numbers(r, &resolve_range(&q)?)
+}
+
 fn dashboard_numbers(r: &AuditReader, range: &Range) -> Result<DashboardData, AdminError> {
     let tr = TimeRange::new(range.from_us, range.to_us);
     let over_time = r.counts_over_time(tr, range.bucket)?;
