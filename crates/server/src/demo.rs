@@ -215,10 +215,13 @@ impl Demo {
         }
     }
 
-    /// Many wrong passwords for one account, from a handful of addresses.
+    /// Many wrong passwords for one privileged-sounding account, from a handful
+    /// of addresses. Not a demo user: the lockout it triggers would otherwise
+    /// drown the dashboard in that user's refused logins.
     fn brute_force(&mut self) {
-        let i = self.pick_user();
-        let victim = self.users[i].name;
+        let victim = *["root", "administrator", "svc-backup", "oracle"]
+            .choose(&mut self.rng)
+            .unwrap_or(&"root");
         for k in 0..14 {
             let ip = format!("203.0.113.{}", 50 + k % 3);
             self.login(victim, &format!("Password{k}!"), &ip, ATTACKER_UA);
