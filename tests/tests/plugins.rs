@@ -38,7 +38,7 @@ fn metrics(s: &Server) -> String {
 }
 
 fn wait_for<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let deadline = Instant::now() + Duration::from_secs(90);
     loop {
         if let Some(v) = probe() {
             return v;
