@@ -163,9 +163,28 @@ fn exceptions_silence_alerts_and_brute_force_locks_the_account_until_lifted() {
     assert!(out.stdout.contains("user alice"), "{}", out.stdout);
     let out = cli(&dir, &["lockouts", "lift", "--user", "alice"], "");
     assert_eq!(out.status, 0, "{}", out.stderr);
+    let out = cli(
+        &dir,
+        &[
+            "exceptions",
+            "edit",
+            "1",
+            "--reason",
+            "INC-42 fix ships Friday",
+            "--expires-in",
+            "3d",
+        ],
+        "",
+    );
+    assert_eq!(out.status, 0, "{}", out.stderr);
     let out = cli(&dir, &["exceptions", "list"], "");
     assert!(
         out.stdout.contains("active") && out.stdout.contains("svc-batch"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout.contains("INC-42 fix ships Friday"),
         "{}",
         out.stdout
     );

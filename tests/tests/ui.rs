@@ -670,6 +670,23 @@ fn console_security_over_http() {
     let at = list.find("/admin/exceptions/").unwrap();
     let expire = list[at..].split('"').next().unwrap().to_string();
     assert!(expire.ends_with("/expire"), "{expire}");
+    // Edit it first: a new reason and a longer life.
+    let edit = expire.replace("/expire", "/edit");
+    assert_eq!(
+        analyst
+            .post(
+                &edit,
+                &[
+                    ("csrf", &csrf),
+                    ("reason", "pen test, extended"),
+                    ("hours", "48")
+                ]
+            )
+            .status(),
+        303
+    );
+    let list = analyst.get("/admin/exceptions").text().unwrap();
+    assert!(list.contains("pen test, extended"), "{list}");
     assert_eq!(analyst.post(&expire, &[("csrf", &csrf)]).status(), 303);
     let list = analyst.get("/admin/exceptions").text().unwrap();
     assert!(

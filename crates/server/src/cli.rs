@@ -111,6 +111,18 @@ pub enum ExceptionsCmd {
     },
     /// List every exception, with whether it still applies.
     List,
+    /// Change an active exception's reason and/or expiry.
+    Edit {
+        id: i64,
+        #[arg(long)]
+        reason: Option<String>,
+        /// New lifetime from now, e.g. 30m, 12h, 7d.
+        #[arg(long, conflicts_with = "no_expiry")]
+        expires_in: Option<String>,
+        /// Make it last until revoked.
+        #[arg(long)]
+        no_expiry: bool,
+    },
     /// Stop an exception now.
     Revoke { id: i64 },
 }

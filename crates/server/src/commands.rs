@@ -551,6 +551,40 @@ pub fn exceptions(settings: &Settings, cmd: ExceptionsCmd) -> Result<()> {
             session.close()?;
             cli::print_line(&format!("added exception #{}", e.id))
         }
+        ExceptionsCmd::Edit {
+            id,
+            reason,
+            expires_in,
+            no_expiry,
+        } => {
+            let current = state
+                .list_exceptions()?
+                .into_iter()
+                .find(|e| e.id == id)
+                .with_context(|| format!("no exception #{id}"))?;
+            let reason = reason.unwrap_or(current.reason);
+            let expires_at = match (expires_in, no_expiry) {
+                (Some(d), _) => Some(crate::state::now_secs() + parse_duration_secs(&d)?),
+                (None, true) => None,
+                (None, false) => current.expires_at,
+            };
+            let session = AdminSession::open(settings)?;
+            let changed = state.update_exception(id, &reason, expires_at)?;
+            session.record(
+                "exceptions edit",
+                if changed {
+                    Outcome::Success
+                } else {
+                    Outcome::Failure
+                },
+                json!({ "id": id, "reason": reason, "expires_at": expires_at }),
+            )?;
+            session.close()?;
+            if !changed {
+                bail!("exception #{id} is no longer in force; add a new one");
+            }
+            cli::print_line(&format!("updated exception #{id}"))
+        }
         ExceptionsCmd::Revoke { id } => {
             let session = AdminSession::open(settings)?;
             let revoked = state.revoke_exception(id)?;

@@ -200,6 +200,32 @@ impl StateDb {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// Changes an active exception's reason and expiry (`None` = never expires).
+    /// False when there is no such exception still in force.
+    pub fn update_exception(
+        &self,
+        id: i64,
+        reason: &str,
+        expires_at: Option<i64>,
+    ) -> Result<bool, StateError> {
+        if reason.trim().is_empty() {
+            return Err(StateError::Invalid(
+                "an exception needs a reason, for the next analyst".into(),
+            ));
+        }
+        let now = now_secs();
+        if expires_at.is_some_and(|t| t <= now) {
+            return Err(StateError::Invalid(
+                "the expiry is in the past; expire the exception instead".into(),
+            ));
+        }
+        Ok(self.conn().execute(
+            "UPDATE exceptions SET reason = ?2, expires_at = ?3
+             WHERE id = ?1 AND revoked = 0 AND (expires_at IS NULL OR expires_at > ?4)",
+            params![id, reason.trim(), expires_at, now],
+        )? > 0)
+    }
+
     /// Stops an exception now. False when there was no such active exception.
     pub fn revoke_exception(&self, id: i64) -> Result<bool, StateError> {
         Ok(self.conn().execute(
@@ -378,6 +404,29 @@ mod tests {
             .exception_covering("brute-force", Some("bob"), None)
             .unwrap()
             .is_none());
+    }
+
+    #[test]
+    fn an_active_exception_can_be_edited_not_an_ended_one() {
+        let (_d, db) = db();
+        let e = db
+            .add_exception(&exception("brute-force", Some("alice"), None))
+            .unwrap();
+        let later = now_secs() + 3600;
+        assert!(db
+            .update_exception(e.id, "INC-7 extended", Some(later))
+            .unwrap());
+        let now = db.list_exceptions().unwrap().remove(0);
+        assert_eq!(
+            (now.reason.as_str(), now.expires_at),
+            ("INC-7 extended", Some(later))
+        );
+        assert!(db.update_exception(e.id, " ", None).is_err());
+        assert!(db
+            .update_exception(e.id, "x", Some(now_secs() - 1))
+            .is_err());
+        db.revoke_exception(e.id).unwrap();
+        assert!(!db.update_exception(e.id, "too late", None).unwrap());
     }
 
     #[test]

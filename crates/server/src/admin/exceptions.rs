@@ -202,6 +202,53 @@ pub async fn expire(
 }
 
 #[derive(Deserialize)]
+pub struct EditForm {
+    #[serde(default)]
+    csrf: String,
+    reason: String,
+    /// New lifetime in hours from now; empty or 0 = never expires.
+    #[serde(default)]
+    hours: String,
+}
+
+pub async fn edit(
+    req: HttpRequest,
+    data: Data,
+    who: Console,
+    id: web::Path<i64>,
+    form: web::Form<EditForm>,
+) -> Result<HttpResponse, AdminError> {
+    check_csrf(&data, &req, &who, &form.csrf).await?;
+    let id = id.into_inner();
+    let hours: i64 = match form.hours.trim() {
+        "" => 0,
+        h => h
+            .parse()
+            .map_err(|_| AdminError::BadRequest("hours must be a whole number".into()))?,
+    };
+    let reason = truncate(form.reason.trim(), 2000);
+    let expires_at = (hours > 0).then(|| now_secs() + hours.saturating_mul(3600));
+    let meta = RequestMeta::from_request(&req);
+    let ev = admin_event(&meta, kinds::ADMIN_ACTION, Outcome::Success, who.username()).with_detail(
+        json!({
+            "action": "exception.edit", "exception_id": id, "reason": reason,
+            "expires_at": expires_at,
+        }),
+    );
+    data.record(ev).await?;
+    let state = data.state.clone();
+    let changed = web::block(move || state.update_exception(id, &reason, expires_at))
+        .await?
+        .map_err(|e| AdminError::BadRequest(e.to_string()))?;
+    if !changed {
+        return Err(AdminError::BadRequest(format!(
+            "exception #{id} is no longer in force; add a new one"
+        )));
+    }
+    Ok(redirect("/admin/exceptions"))
+}
+
+#[derive(Deserialize)]
 pub struct LiftForm {
     #[serde(default)]
     csrf: String,

@@ -74,6 +74,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 "/exceptions/{id}/expire",
                 web::post().to(exceptions::expire),
             )
+            .route("/exceptions/{id}/edit", web::post().to(exceptions::edit))
             .route("/lockouts/lift", web::post().to(exceptions::lift))
             .route("/reports", web::get().to(reports::form))
             .route("/reports/download", web::get().to(reports::download))
