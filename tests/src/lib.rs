@@ -246,3 +246,36 @@ pub fn all_file_bytes(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
 pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
 }
+
+/// Polls `probe` every 100 ms until it returns `Some`, for up to 90 s (the
+/// machines these tests run on can be busy), and panics naming `what`.
+pub fn wait_for<T>(what: &str, probe: impl FnMut() -> Option<T>) -> T {
+    wait_for_secs(what, 90, probe)
+}
+
+/// [`wait_for`] with an explicit limit in seconds.
+pub fn wait_for_secs<T>(what: &str, secs: u64, mut probe: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = probe() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A read-only view of the server's audit store (WAL lets it read beside the writer).
+pub fn audit_reader(s: &Server) -> audit_store::AuditReader {
+    audit_store::AuditReader::open(&s.data_dir.join("audit.db"))
+        .expect("open the audit store read-only")
+}
+
+/// The newest (up to 1000) stored events of `kind`, newest first.
+pub fn events_of(s: &Server, kind: &str) -> Vec<audit_store::StoredEvent> {
+    let f = audit_store::EventFilter {
+        kind: Some(kind.into()),
+        ..Default::default()
+    };
+    audit_reader(s).query_events(&f, None, 1000).unwrap().items
+}

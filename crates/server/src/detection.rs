@@ -56,6 +56,12 @@ impl Detection {
             tick_interval: Duration::from_secs(1),
             watch: true,
         };
+        // The position is taken before the host starts, so the plugin.* events
+        // of its first scan reach the detectors like every later event.
+        let reader = store
+            .reader()
+            .context("opening a reader for the detectors")?;
+        let start_after = reader.max_event_id()?;
         let suppressed = Arc::new(AtomicU64::new(0));
         let sink = Arc::new(StoreSink {
             writer: store.writer(),
@@ -69,10 +75,6 @@ impl Detection {
                 settings.plugin_dir.display()
             )
         })?);
-        let reader = store
-            .reader()
-            .context("opening a reader for the detectors")?;
-        let start_after = reader.max_event_id()?;
         let stop = Arc::new(AtomicBool::new(false));
         let feeder = std::thread::Builder::new()
             .name("tokenwatch-detector-feed".into())
