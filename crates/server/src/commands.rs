@@ -16,19 +16,24 @@ use crate::datadir::DataDirLock;
 use crate::state::{ClientKind, Role, StateDb};
 
 /// A command that changes state: holds the data-dir lock and records what it did.
-struct AdminSession {
+pub(crate) struct AdminSession {
     _lock: DataDirLock,
-    store: AuditStore,
+    pub(crate) store: AuditStore,
 }
 
 impl AdminSession {
-    fn open(settings: &Settings) -> Result<AdminSession> {
+    pub(crate) fn open(settings: &Settings) -> Result<AdminSession> {
         let lock = DataDirLock::acquire(&settings.data_dir)?;
         let store = AuditStore::open(settings.store_config()).context("opening the audit store")?;
         Ok(AdminSession { _lock: lock, store })
     }
 
-    fn record(&self, action: &str, outcome: Outcome, detail: serde_json::Value) -> Result<()> {
+    pub(crate) fn record(
+        &self,
+        action: &str,
+        outcome: Outcome,
+        detail: serde_json::Value,
+    ) -> Result<()> {
         let mut ev = NewEvent::new(kinds::ADMIN_ACTION, outcome);
         ev.username = Some(operator());
         ev.method = Some("CLI".into());
@@ -41,7 +46,7 @@ impl AdminSession {
         Ok(())
     }
 
-    fn close(self) -> Result<()> {
+    pub(crate) fn close(self) -> Result<()> {
         self.store.shutdown().context("closing the audit store")
     }
 }
@@ -484,7 +489,7 @@ fn read_plugin_config(path: &std::path::Path) -> Result<serde_json::Value> {
     }
 }
 
-fn format_time_us(us: i64) -> String {
+pub(crate) fn format_time_us(us: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(us) * 1000)
         .ok()
         .and_then(|t| {

@@ -77,18 +77,10 @@ pub fn parse_value(
         if o.contains_key("source") {
             return Err("field `source` is not accepted: it is set from the API key".into());
         }
-        for secret in [
-            "token",
-            "access_token",
-            "refresh_token",
-            "password",
-            "secret",
-        ] {
-            if o.contains_key(secret) {
-                return Err(format!(
-                    "field `{secret}` is refused: never send raw tokens or secrets; identify a token by `jti` or `token_fp`"
-                ));
-            }
+        if let Some(secret) = o.keys().find(|k| is_secret_field(k)) {
+            return Err(format!(
+                "field `{secret}` is refused: never send raw tokens or secrets; identify a token by `jti` or `token_fp`"
+            ));
         }
     } else {
         return Err(format!("expected a JSON object, got {}", type_name(&v)));
@@ -217,6 +209,11 @@ impl IngestEvent {
         let detail = match self.detail {
             None | Some(Value::Null) => Value::Null,
             Some(d @ Value::Object(_)) => {
+                if let Some(path) = secret_path(&d) {
+                    return Err(format!(
+                        "field `detail.{path}` is refused: never send raw tokens or secrets; identify a token by `jti` or `token_fp`"
+                    ));
+                }
                 let n = serde_json::to_string(&d).map(|s| s.len()).unwrap_or(0);
                 if n > MAX_DETAIL_BYTES {
                     return Err(format!(
@@ -372,6 +369,28 @@ const SECRET_FIELDS: &[&str] = &[
     "authorization",
 ];
 
+fn is_secret_field(key: &str) -> bool {
+    SECRET_FIELDS.contains(&key.to_ascii_lowercase().as_str())
+}
+
+/// The dotted path of the first secret-named key inside `v`, at any depth.
+fn secret_path(v: &Value) -> Option<String> {
+    match v {
+        Value::Object(o) => o.iter().find_map(|(k, v)| {
+            if is_secret_field(k) {
+                Some(k.clone())
+            } else {
+                secret_path(v).map(|p| format!("{k}.{p}"))
+            }
+        }),
+        Value::Array(a) => a
+            .iter()
+            .enumerate()
+            .find_map(|(i, v)| secret_path(v).map(|p| format!("{i}.{p}"))),
+        _ => None,
+    }
+}
+
 fn map_generic(o: Map<String, Value>) -> Value {
     let mut out = Map::new();
     let mut extra = Map::new();
@@ -381,7 +400,7 @@ fn map_generic(o: Map<String, Value>) -> Value {
             .find(|(a, _)| *a == k)
             .map(|(_, t)| (*t).to_string())
             .unwrap_or(k);
-        if SECRET_FIELDS.contains(&key.to_ascii_lowercase().as_str()) {
+        if is_secret_field(&key) {
             continue;
         }
         if SCHEMA_FIELDS.contains(&key.as_str()) && !out.contains_key(&key) {
@@ -405,6 +424,25 @@ fn map_generic(o: Map<String, Value>) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn secrets_are_refused_at_the_top_and_inside_detail() {
+        let now = 1_800_000_000_000_000;
+        let top = json!({"kind": "token.verified", "outcome": "success", "Password": "hunter2"});
+        let err = parse_value(top, "api", KindPolicy::Ingest, now).unwrap_err();
+        assert!(
+            err.contains("`Password`") && !err.contains("hunter2"),
+            "{err}"
+        );
+        let nested = json!({"kind": "token.verified", "outcome": "success",
+            "detail": {"request": {"headers": [{"authorization": "Bearer eyJ..."}]}}});
+        let err = parse_value(nested, "api", KindPolicy::Ingest, now).unwrap_err();
+        assert!(
+            err.contains("detail.request.headers.0.authorization"),
+            "{err}"
+        );
+        assert!(!err.contains("eyJ"), "{err}");
+    }
     use serde_json::json;
 
     const NOW: i64 = 1_800_000_000_000_000;

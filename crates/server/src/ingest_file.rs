@@ -5,12 +5,12 @@ use std::fs::File;
 use std::io::{BufRead, BufReader, Seek, SeekFrom};
 
 use anyhow::{bail, Context, Result};
-use audit_store::{kinds, AuditStore, NewEvent, Outcome};
+use audit_store::{NewEvent, Outcome};
 use serde_json::json;
 
 use crate::cli::{self, IngestArgs, SourcesCmd};
+use crate::commands::{format_time_us, AdminSession};
 use crate::config::Settings;
-use crate::datadir::DataDirLock;
 use crate::ingest::{map_log_line, parse_value, KindPolicy};
 use crate::sources::FilePosition;
 use crate::state::{sha256_hex, StateDb};
@@ -20,61 +20,17 @@ const IMPORT_BATCH: usize = 1000;
 /// Refused lines printed one by one before only counting them.
 const MAX_PRINTED_ERRORS: usize = 20;
 
-/// The data-dir lock and the audit store, for commands that record events.
-struct Session {
-    _lock: DataDirLock,
-    store: AuditStore,
-}
-
-impl Session {
-    fn open(settings: &Settings) -> Result<Session> {
-        let lock = DataDirLock::acquire(&settings.data_dir)?;
-        let store = AuditStore::open(settings.store_config()).context("opening the audit store")?;
-        Ok(Session { _lock: lock, store })
-    }
-
-    fn record(&self, action: &str, detail: serde_json::Value) -> Result<()> {
-        let mut ev = NewEvent::new(kinds::ADMIN_ACTION, Outcome::Success);
-        ev.username = Some(operator());
-        ev.method = Some("CLI".into());
-        ev.path = Some(action.into());
-        ev.detail = detail;
-        self.store
-            .writer()
-            .record_blocking(ev)
-            .context("recording the audit event")?;
-        Ok(())
-    }
-
-    fn close(self) -> Result<()> {
-        self.store.shutdown().context("closing the audit store")
-    }
-}
-
-fn operator() -> String {
-    std::env::var("USER")
-        .or_else(|_| std::env::var("LOGNAME"))
-        .map(|u| format!("os:{u}"))
-        .unwrap_or_else(|_| "os:unknown".into())
-}
-
 fn fmt_time(secs: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp(secs)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_else(|| secs.to_string())
+    format_time_us(secs.saturating_mul(1_000_000))
 }
 
 pub fn sources(settings: &Settings, cmd: SourcesCmd) -> Result<()> {
     match cmd {
         SourcesCmd::Add { name } => {
-            let session = Session::open(settings)?;
+            let session = AdminSession::open(settings)?;
             let state = StateDb::open(&settings.state_db_path())?;
             let key = state.add_source(&name)?;
-            session.record("sources add", json!({ "source": name }))?;
+            session.record("sources add", Outcome::Success, json!({ "source": name }))?;
             session.close()?;
             cli::print_line(&format!("source: {name}"))?;
             cli::print_line(&format!("api_key: {key}"))?;
@@ -109,13 +65,17 @@ pub fn sources(settings: &Settings, cmd: SourcesCmd) -> Result<()> {
             Ok(())
         }
         SourcesCmd::Revoke { name } => {
-            let session = Session::open(settings)?;
+            let session = AdminSession::open(settings)?;
             let state = StateDb::open(&settings.state_db_path())?;
             if !state.revoke_source(&name)? {
                 session.close()?;
                 bail!("no active source named {name:?} (see `tokenwatch sources list`)");
             }
-            session.record("sources revoke", json!({ "source": name }))?;
+            session.record(
+                "sources revoke",
+                Outcome::Success,
+                json!({ "source": name }),
+            )?;
             session.close()?;
             cli::print_line(&format!(
                 "revoked source {name}; its key is refused from now on"
@@ -143,7 +103,7 @@ pub fn ingest(settings: &Settings, args: IngestArgs) -> Result<()> {
         .with_context(|| format!("reading {key}"))?;
     let head = sha256_hex(&first);
 
-    let session = Session::open(settings)?;
+    let session = AdminSession::open(settings)?;
     let state = StateDb::open(&settings.state_db_path())?;
     let (mut offset, mut line_no) = match state.file_position(&key)? {
         Some(p) if args.from_start => {
@@ -269,6 +229,7 @@ pub fn ingest(settings: &Settings, args: IngestArgs) -> Result<()> {
     }
     session.record(
         "ingest",
+        Outcome::Success,
         json!({
             "file": key, "source": args.source, "imported": imported, "rejected": rejected,
             "from_line": start_line + 1, "to_line": line_no,

@@ -15,7 +15,7 @@ use token_core::{AccessRequest, IssuedRefresh, IssuedToken, RefreshError};
 use crate::app::{AuditUnavailable, Data};
 use crate::passwords;
 use crate::request_meta::RequestMeta;
-use crate::state::{Client, ClientKind, User};
+use crate::state::{Client, ClientKind, Lockout, StateDb, User};
 
 /// RFC 6749 §5.2 error responses. The description never says whether a user exists.
 #[derive(Debug, thiserror::Error)]
@@ -280,21 +280,9 @@ async fn refuse_locked_out(
     meta: &RequestMeta,
     username: &str,
     client_id: Option<&str>,
-) -> Result<(), OAuthError> {
-    let now = crate::state::now_secs();
-    let ip_lock = match &meta.client_ip {
-        Some(ip) => data.state.active_lockout("ip", ip),
-        None => Ok(None),
-    };
-    let (reason, lock) = match ip_lock {
-        Ok(Some(lock)) => ("ip_throttled", lock),
-        Ok(None) => match data.state.active_lockout("user", username) {
-            Ok(Some(lock)) => ("account_locked", lock),
-            Ok(None) => return Ok(()),
-            Err(e) => return Err(lockout_lookup_failed(e)),
-        },
-        Err(e) => return Err(lockout_lookup_failed(e)),
-    };
+    reason: &'static str,
+    lock: Lockout,
+) -> Result<HttpResponse, OAuthError> {
     let mut ev = meta.event(kinds::AUTH_LOGIN_FAILURE, Outcome::Failure);
     ev.reason = Some(reason.into());
     ev.username = Some(crate::request_meta::truncate(username, 128));
@@ -303,19 +291,33 @@ async fn refuse_locked_out(
     data.record(ev).await?;
     Err(if reason == "ip_throttled" {
         OAuthError::Throttled {
-            retry_after_secs: lock.until - now,
+            retry_after_secs: lock.until - crate::state::now_secs(),
         }
     } else {
         OAuthError::InvalidGrant
     })
 }
 
-fn lockout_lookup_failed(e: crate::state::StateError) -> OAuthError {
-    tracing::error!(error = %e, "lockout lookup failed");
-    OAuthError::Unavailable
+/// The running lockout that refuses this login, if any: the client IP's first.
+fn lockout_for(
+    state: &StateDb,
+    client_ip: Option<&str>,
+    username: &str,
+) -> Result<Option<(&'static str, Lockout)>, crate::state::StateError> {
+    if let Some(lock) = client_ip
+        .map(|ip| state.active_lockout("ip", ip))
+        .transpose()?
+        .flatten()
+    {
+        return Ok(Some(("ip_throttled", lock)));
+    }
+    Ok(state
+        .active_lockout("user", username)?
+        .map(|lock| ("account_locked", lock)))
 }
 
 enum LoginCheck {
+    LockedOut(&'static str, Lockout),
     Ok(User),
     UnknownUser,
     BadPassword,
@@ -337,11 +339,15 @@ async fn password_grant(
     let username = form.require("username")?.to_string();
     let password = form.require("password")?.to_string();
     let client_id = client.as_ref().map(|c| c.client_id.clone());
-    refuse_locked_out(data, meta, &username, client_id.as_deref()).await?;
     let state = data.state.clone();
     let name = username.clone();
-    // argon2id costs tens of milliseconds of CPU: keep it off the async workers.
+    let client_ip = meta.client_ip.clone();
+    // argon2id costs tens of milliseconds of CPU, and the lookups are SQLite:
+    // keep both off the async workers. A lockout is checked before any hash.
     let check = web::block(move || -> Result<LoginCheck, crate::state::StateError> {
+        if let Some((reason, lock)) = lockout_for(&state, client_ip.as_deref(), &name)? {
+            return Ok(LoginCheck::LockedOut(reason, lock));
+        }
         Ok(match state.find_user(&name)? {
             None => {
                 passwords::verify_against_dummy(&password);
@@ -362,6 +368,10 @@ async fn password_grant(
     })?;
 
     let user = match check {
+        LoginCheck::LockedOut(reason, lock) => {
+            return refuse_locked_out(data, meta, &username, client_id.as_deref(), reason, lock)
+                .await
+        }
         LoginCheck::Ok(user) => user,
         failed => {
             let reason = match failed {
