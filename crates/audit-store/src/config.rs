@@ -56,9 +56,19 @@ pub struct StoreConfig {
     pub retention_interval: Duration,
     /// Write one ECS JSON line per committed event to `security.log.<date>` in this folder.
     pub security_log_dir: Option<PathBuf>,
+    /// How long the indexer lets commits accumulate between passes over the query
+    /// index. Queries are exact at any lag (they read unindexed rows from the record);
+    /// longer means bigger, cheaper passes and slower filtered queries meanwhile.
+    pub index_refresh: Duration,
 }
 
 impl StoreConfig {
+    /// The derived query index (`audit-index.db` beside `audit.db`). Not evidence:
+    /// it is rebuilt from the record when missing or stale, so backups may skip it.
+    pub fn index_path(&self) -> PathBuf {
+        crate::index::path_for(&self.db_path)
+    }
+
     /// `data/audit.db`, `data/keys/audit`, `data/checkpoints` with safe defaults
     /// (synchronous FULL, checkpoint every minute, no retention, no security log).
     pub fn in_data_dir(data_dir: &Path) -> Self {
@@ -74,6 +84,7 @@ impl StoreConfig {
             retention: None,
             retention_interval: Duration::from_secs(3600),
             security_log_dir: None,
+            index_refresh: Duration::from_millis(100),
         }
     }
 }

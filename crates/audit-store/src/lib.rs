@@ -47,6 +47,7 @@ mod config;
 mod ecs;
 mod error;
 mod export;
+mod index;
 mod keys;
 mod model;
 mod reader;

@@ -122,27 +122,29 @@ enum Who {
     Either,
 }
 
-fn event_where(f: &EventFilter, who: Who) -> (String, Vec<Value>) {
+/// The SQL condition for `f` over the event columns, each named with `t` (a table
+/// qualifier such as `"x."`, or `""`), and its parameters.
+fn event_where_on(t: &str, f: &EventFilter, who: Who) -> (String, Vec<Value>) {
     let mut c: Vec<String> = Vec::new();
     let mut p: Vec<Value> = Vec::new();
     let eq = |col: &str, v: &Option<String>, c: &mut Vec<String>, p: &mut Vec<Value>| {
         if let Some(v) = v {
             p.push(Value::Text(v.clone()));
-            c.push(format!("{col} = ?{}", p.len()));
+            c.push(format!("{t}{col} = ?{}", p.len()));
         }
     };
-    if let Some(t) = f.from_us {
-        p.push(Value::Integer(t));
-        c.push(format!("time_us >= ?{}", p.len()));
+    if let Some(x) = f.from_us {
+        p.push(Value::Integer(x));
+        c.push(format!("{t}time_us >= ?{}", p.len()));
     }
-    if let Some(t) = f.to_us {
-        p.push(Value::Integer(t));
-        c.push(format!("time_us < ?{}", p.len()));
+    if let Some(x) = f.to_us {
+        p.push(Value::Integer(x));
+        c.push(format!("{t}time_us < ?{}", p.len()));
     }
     eq("kind", &f.kind, &mut c, &mut p);
     if let Some(o) = f.outcome {
         p.push(Value::Text(o.as_str().into()));
-        c.push(format!("outcome = ?{}", p.len()));
+        c.push(format!("{t}outcome = ?{}", p.len()));
     }
     eq("reason", &f.reason, &mut c, &mut p);
     eq("client_ip", &f.client_ip, &mut c, &mut p);
@@ -152,9 +154,9 @@ fn event_where(f: &EventFilter, who: Who) -> (String, Vec<Value>) {
         p.push(Value::Text(u.clone()));
         let n = p.len();
         c.push(match who {
-            Who::Subject => format!("subject = ?{n}"),
-            Who::Username => format!("username = ?{n}"),
-            Who::Either => format!("(subject = ?{n} OR username = ?{n})"),
+            Who::Subject => format!("{t}subject = ?{n}"),
+            Who::Username => format!("{t}username = ?{n}"),
+            Who::Either => format!("({t}subject = ?{n} OR {t}username = ?{n})"),
         });
     }
     let w = if c.is_empty() {
@@ -163,6 +165,23 @@ fn event_where(f: &EventFilter, who: Who) -> (String, Vec<Value>) {
         c.join(" AND ")
     };
     (w, p)
+}
+
+fn event_where(f: &EventFilter, who: Who) -> (String, Vec<Value>) {
+    event_where_on("", f, who)
+}
+
+/// Record rows the index does not hold yet. A scalar subquery, so each statement reads
+/// the watermark from the same snapshot as the index rows it combines with.
+const ABOVE_INDEX: &str = "id > (SELECT indexed_id FROM ix.ix_state WHERE singleton = 1)";
+
+/// `SELECT {cols}` of every event matching `w` (unqualified event columns): from the
+/// index up to its watermark, from the record above it.
+fn matching(cols: &str, w: &str) -> String {
+    format!(
+        "SELECT {cols} FROM ix.ev WHERE {w}
+         UNION ALL SELECT {cols} FROM main.events WHERE {ABOVE_INDEX} AND {w}"
+    )
 }
 
 impl AuditReader {
@@ -202,6 +221,15 @@ impl AuditReader {
                         crate::SCHEMA_VERSION
                     )));
                 }
+                let index = crate::index::path_for(&self.pool.path);
+                if !index.exists() {
+                    return Err(StoreError::InvalidArgument(format!(
+                        "{}: the audit index is missing; start tokenwatch once to rebuild it from the record",
+                        index.display()
+                    )));
+                }
+                // Attached databases inherit the read-only open flags.
+                c.execute("ATTACH DATABASE ?1 AS ix", [index.to_string_lossy()])?;
                 c
             }
         };
@@ -250,8 +278,9 @@ impl AuditReader {
 
     pub fn get_event(&self, id: i64) -> Result<Option<StoredEvent>, StoreError> {
         let conn = self.conn()?;
-        let mut st =
-            conn.prepare_cached(&format!("SELECT {EVENT_COLS} FROM events WHERE id = ?1"))?;
+        let mut st = conn.prepare_cached(&format!(
+            "SELECT {EVENT_COLS} FROM main.events WHERE id = ?1"
+        ))?;
         Ok(st.query_row([id], event_row).optional()?)
     }
 
@@ -259,7 +288,7 @@ impl AuditReader {
     pub fn events_after(&self, id: i64, limit: usize) -> Result<Vec<StoredEvent>, StoreError> {
         let conn = self.conn()?;
         let mut st = conn.prepare_cached(&format!(
-            "SELECT {EVENT_COLS} FROM events WHERE id > ?1 ORDER BY id LIMIT ?2"
+            "SELECT {EVENT_COLS} FROM main.events WHERE id > ?1 ORDER BY id LIMIT ?2"
         ))?;
         let rows = st.query_map(rusqlite::params![id, limit.min(MAX_PAGE) as i64], event_row)?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -268,7 +297,11 @@ impl AuditReader {
     /// The newest committed event id (0 if none).
     pub fn max_event_id(&self) -> Result<i64, StoreError> {
         let conn = self.conn()?;
-        Ok(conn.query_row("SELECT coalesce(max(id), 0) FROM events", [], |r| r.get(0))?)
+        Ok(
+            conn.query_row("SELECT coalesce(max(id), 0) FROM main.events", [], |r| {
+                r.get(0)
+            })?,
+        )
     }
 
     /// `(bucket start, successes, failures)` for every bucket in `range` that has events,
@@ -288,7 +321,6 @@ impl AuditReader {
         let conn = self.conn()?;
         let tx = conn.unchecked_transaction()?;
         let (inner, params) = union_sql(
-            &tx,
             Dim::All,
             range,
             &levels,
@@ -350,15 +382,8 @@ impl AuditReader {
     ) -> Result<Vec<(String, u64)>, StoreError> {
         let conn = self.conn()?;
         let tx = conn.unchecked_transaction()?;
-        let (inner, mut params) = union_sql(
-            &tx,
-            dim,
-            range,
-            dim.levels(),
-            outcome,
-            "value",
-            dim.value_sql(),
-        )?;
+        let (inner, mut params) =
+            union_sql(dim, range, dim.levels(), outcome, "value", dim.value_sql())?;
         params.push(Value::Integer(n.min(MAX_PAGE) as i64));
         let sql = format!(
             "SELECT v, sum(c) AS total FROM ({inner}) GROUP BY v ORDER BY total DESC, v LIMIT ?{}",
@@ -430,11 +455,23 @@ impl AuditReader {
     /// are neutralised against formula injection (see the `export` module docs).
     pub fn export_events_csv<W: Write>(&self, f: &EventFilter, out: W) -> Result<u64, StoreError> {
         let conn = self.conn()?;
-        let (w, p) = event_where(f, Who::Either);
+        let (wx, p) = event_where_on("x.", f, Who::Either);
+        let (w, _) = event_where(f, Who::Either);
+        let indexed_cols = EVENT_COLS
+            .split(", ")
+            .map(|c| match c {
+                "id" | "time_us" => format!("x.{c}"),
+                c => format!("e.{c}"),
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
         // Oldest first in the explorer's (time, id) order, so an export is exactly the
-        // explorer's rows reversed; the (time_us) index yields that order without a sort.
+        // explorer's rows reversed. SQLite merges the two ordered arms; the index arm
+        // comes in order off the index's time index, the short unindexed tail is sorted.
         let mut st = conn.prepare(&format!(
-            "SELECT {EVENT_COLS} FROM events WHERE {w} ORDER BY time_us, id"
+            "SELECT {indexed_cols} FROM ix.ev x JOIN main.events e ON e.id = x.id WHERE {wx}
+             UNION ALL SELECT {EVENT_COLS} FROM main.events WHERE {ABOVE_INDEX} AND {w}
+             ORDER BY 2, 1"
         ))?;
         let mut rows = st.query(params_from_iter(p))?;
         let mut csv = csv::WriterBuilder::new()
@@ -555,8 +592,9 @@ impl AuditReader {
                     sum(kind = 'auth.login.success'), sum(kind = 'auth.login.failure'),
                     sum(kind = 'token.issued'), sum(outcome = 'failure'), count(*),
                     min(time_us), max(time_us), client_ip
-             FROM events WHERE ({w}) AND coalesce(username, subject) IS NOT NULL
-             GROUP BY u ORDER BY u"
+             FROM ({m}) WHERE coalesce(username, subject) IS NOT NULL
+             GROUP BY u ORDER BY u",
+            m = matching(crate::index::NARROW_COLS, &w)
         );
         self.summary_csv(&sql, p, crate::CSV_USER_SUMMARY_COLUMNS, out)
     }
@@ -574,8 +612,9 @@ impl AuditReader {
                     sum(kind = 'auth.login.success'), sum(kind = 'auth.login.failure'),
                     sum(kind = 'token.issued'), sum(outcome = 'failure'), count(*),
                     min(time_us), max(time_us), count(DISTINCT coalesce(username, subject))
-             FROM events WHERE ({w}) AND client_ip IS NOT NULL
-             GROUP BY client_ip ORDER BY client_ip"
+             FROM ({m}) WHERE client_ip IS NOT NULL
+             GROUP BY client_ip ORDER BY client_ip",
+            m = matching(crate::index::NARROW_COLS, &w)
         );
         self.summary_csv(&sql, p, crate::CSV_IP_SUMMARY_COLUMNS, out)
     }
@@ -646,9 +685,19 @@ fn page_query(
         ));
     }
     p.push(Value::Integer(limit as i64));
+    let n = p.len();
+    // Each arm is limited on its own (the index arm walks its index in order and
+    // stops), then the two short lists are merged.
     let sql = format!(
-        "SELECT {EVENT_COLS} FROM events WHERE {w} ORDER BY time_us DESC, id DESC LIMIT ?{}",
-        p.len()
+        "SELECT {EVENT_COLS} FROM main.events WHERE id IN (
+           SELECT id FROM (
+             SELECT * FROM (SELECT id, time_us FROM ix.ev WHERE {w}
+                            ORDER BY time_us DESC, id DESC LIMIT ?{n})
+             UNION ALL
+             SELECT * FROM (SELECT id, time_us FROM main.events WHERE {ABOVE_INDEX} AND {w}
+                            ORDER BY time_us DESC, id DESC LIMIT ?{n}))
+           ORDER BY time_us DESC, id DESC LIMIT ?{n})
+         ORDER BY time_us DESC, id DESC"
     );
     let mut st = conn.prepare_cached(&sql)?;
     let rows = st.query_map(params_from_iter(p), event_row)?;
@@ -706,7 +755,6 @@ fn alert_where(f: &AlertFilter) -> (String, Vec<Value>) {
 /// watermark inside the rollup-covered ranges from `events`. `v` is `rollup_v` over
 /// the rollup and `raw_v` over `events`.
 fn union_sql(
-    conn: &Connection,
     dim: Dim,
     range: TimeRange,
     levels: &[i64],
@@ -714,7 +762,6 @@ fn union_sql(
     rollup_v: &str,
     raw_v: &str,
 ) -> Result<(String, Vec<Value>), StoreError> {
-    let w = rollup::watermark(conn)?;
     let plan = rollup::plan(range.from_us, range.to_us, levels);
     let mut parts: Vec<String> = Vec::new();
     let mut p: Vec<Value> = Vec::new();
@@ -736,7 +783,7 @@ fn union_sql(
     };
     for &(level, a, b) in &plan.pieces {
         parts.push(format!(
-            "SELECT {rollup_v} AS v, outcome AS o, n AS c FROM rollup WHERE dim = {} AND level = {level}
+            "SELECT {rollup_v} AS v, outcome AS o, n AS c FROM ix.rollup WHERE dim = {} AND level = {level}
              AND bucket_us >= {} AND bucket_us < {}{roll_o}",
             dim as i64,
             arg(a, &mut p),
@@ -746,18 +793,21 @@ fn union_sql(
         // outcome indexes, which would make it walk millions of older entries.
         let fresh_o = raw_o.replace(" AND outcome", " AND +outcome");
         parts.push(format!(
-            "SELECT {raw_v} AS v, outcome = 'failure' AS o, 1 AS c FROM events WHERE id > {}
+            "SELECT {raw_v} AS v, outcome = 'failure' AS o, 1 AS c FROM main.events WHERE {ABOVE_INDEX}
              AND +time_us >= {} AND +time_us < {}{fresh_o}{not_null}",
-            arg(w, &mut p),
             arg(a, &mut p),
             arg(b, &mut p)
         ));
     }
     for &(a, b) in &plan.raw {
-        parts.push(format!(
-            "SELECT {raw_v} AS v, outcome = 'failure' AS o, 1 AS c FROM events WHERE time_us >= {} AND time_us < {}{raw_o}{not_null}",
+        let w = format!(
+            "time_us >= {} AND time_us < {}{raw_o}{not_null}",
             arg(a, &mut p),
             arg(b, &mut p)
+        );
+        parts.push(matching(
+            &format!("{raw_v} AS v, outcome = 'failure' AS o, 1 AS c"),
+            &w,
         ));
     }
     if parts.is_empty() {

@@ -1,20 +1,19 @@
 //! Rollup counts for the chart aggregates.
 //!
 //! Counting 10 million rows for "top IPs this month" cannot answer in well under a
-//! second, so the writer keeps `rollup(dim, level, bucket_us, value, outcome, n)`:
-//! outcome counts per minute/hour/day, and per-IP, per-user and per-reason counts per
-//! hour/day. The writer accumulates in memory and flushes about once a second in one
-//! transaction that also advances `rollup_state.watermark_id`: the rollup holds
-//! exactly the events with `id <= watermark`. A query adds up whole buckets from the
-//! rollup, counts the partial buckets at the range's edges from `events`, and counts
-//! events above the watermark (at most about a second of traffic) from `events` too,
-//! all inside one read transaction, so the answer is exact.
-
-use std::collections::HashMap;
+//! second, so the derived index database keeps
+//! `rollup(dim, level, bucket_us, value, outcome, n)`: outcome counts per
+//! minute/hour/day, and per-IP, per-user and per-reason counts per hour/day. The
+//! indexer thread ([`crate::index`]) adds each batch of events in the same transaction
+//! that copies them into the index and advances its watermark: the rollup holds exactly
+//! the events with `id <= watermark`. A query adds up whole buckets from the rollup,
+//! counts the partial buckets at the range's edges from the index, and counts events
+//! above the watermark from the record, all inside one read transaction, so the answer
+//! is exact.
 
 use rusqlite::{params, Connection};
 
-use crate::{Outcome, StoreError};
+use crate::StoreError;
 
 pub(crate) const MINUTE: i64 = 60_000_000;
 pub(crate) const HOUR: i64 = 3_600_000_000;
@@ -40,13 +39,6 @@ impl Dim {
         }
     }
 
-    fn finest(self) -> i64 {
-        match self {
-            Dim::All => MINUTE,
-            _ => HOUR,
-        }
-    }
-
     /// SQL expression of the dimension's value over `events`.
     pub fn value_sql(self) -> &'static str {
         match self {
@@ -67,149 +59,43 @@ pub(crate) fn floor_sql(width: i64) -> String {
     format!("(time_us - ((time_us % {width}) + {width}) % {width})")
 }
 
-fn outcome_code(o: Outcome) -> i64 {
+/// The rollup's `outcome` column: `outcome = 'failure'` over the event columns.
+pub(crate) fn outcome_sql_code(o: crate::Outcome) -> i64 {
     match o {
-        Outcome::Success => 0,
-        Outcome::Failure => 1,
+        crate::Outcome::Success => 0,
+        crate::Outcome::Failure => 1,
     }
 }
 
-pub(crate) fn outcome_sql_code(o: Outcome) -> i64 {
-    outcome_code(o)
-}
-
-type Inner = HashMap<Box<str>, u64>;
-
-/// Counts of committed events not yet flushed to the `rollup` table.
-#[derive(Default)]
-pub(crate) struct Accumulator {
-    map: HashMap<(Dim, i64, i64), Inner>,
-    /// Highest event id whose counts are in `map` (or already flushed).
-    pub upto_id: i64,
-    pending: usize,
-}
-
-impl Accumulator {
-    pub fn new(upto_id: i64) -> Self {
-        Accumulator {
-            upto_id,
-            ..Default::default()
-        }
-    }
-
-    pub fn pending(&self) -> usize {
-        self.pending
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    pub fn add(
-        &mut self,
-        id: i64,
-        time_us: i64,
-        outcome: Outcome,
-        client_ip: Option<&str>,
-        user: Option<&str>,
-        reason: Option<&str>,
-    ) {
-        let o = outcome_code(outcome);
-        for (dim, v) in [
-            (Dim::All, Some("")),
-            (Dim::Ip, client_ip),
-            (Dim::User, user),
-            (Dim::Reason, reason),
-        ] {
-            let Some(v) = v else { continue };
-            let inner = self
-                .map
-                .entry((dim, floor_to(time_us, dim.finest()), o))
-                .or_default();
-            // Look up by &str first so the common repeat case allocates nothing.
-            match inner.get_mut(v) {
-                Some(n) => *n += 1,
-                None => {
-                    inner.insert(v.into(), 1);
-                }
-            }
-        }
-        self.upto_id = self.upto_id.max(id);
-        self.pending += 1;
-    }
-
-    /// Writes every level derived from the accumulated counts and advances the
-    /// watermark. The caller commits, then calls [`Accumulator::clear`].
-    pub fn flush(&self, conn: &Connection) -> Result<(), StoreError> {
-        let mut up = conn.prepare_cached(UPSERT)?;
-        for ((dim, bucket, o), inner) in &self.map {
-            for (v, n) in inner {
-                for &level in dim.levels() {
-                    up.execute(params![
-                        *dim as i64,
-                        level,
-                        floor_to(*bucket, level),
-                        &**v,
-                        o,
-                        *n as i64
-                    ])?;
-                }
-            }
-        }
-        conn.prepare_cached("UPDATE rollup_state SET watermark_id = ?1 WHERE singleton = 1")?
-            .execute([self.upto_id])?;
-        Ok(())
-    }
-
-    pub fn clear(&mut self) {
-        self.map.clear();
-        self.pending = 0;
-    }
-}
-
-const UPSERT: &str =
-    "INSERT INTO rollup(dim, level, bucket_us, value, outcome, n) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-     ON CONFLICT(dim, level, bucket_us, value, outcome) DO UPDATE SET n = n + excluded.n";
-
-pub(crate) fn watermark(conn: &Connection) -> Result<i64, StoreError> {
-    Ok(conn.query_row(
-        "SELECT watermark_id FROM rollup_state WHERE singleton = 1",
-        [],
-        |r| r.get(0),
-    )?)
-}
-
-/// Adds every event above the watermark to the rollup with set-based SQL. Used at open
-/// (after a crash, or right after the migration that introduced the rollup).
-pub(crate) fn catch_up(conn: &Connection) -> Result<(), StoreError> {
-    let w = watermark(conn)?;
-    let max: i64 = conn.query_row("SELECT coalesce(max(id), 0) FROM events", [], |r| r.get(0))?;
-    if max <= w {
-        return Ok(());
-    }
+/// Adds the events `(after, upto]` of `src` (a table with the event columns: the
+/// record or the index's copy) to the rollup, with set-based SQL.
+pub(crate) fn add(conn: &Connection, src: &str, after: i64, upto: i64) -> Result<(), StoreError> {
     for dim in Dim::EVERY {
         for &level in dim.levels() {
             let v = dim.value_sql();
             let sql = format!(
                 "INSERT INTO rollup(dim, level, bucket_us, value, outcome, n)
-                 SELECT ?1, ?2, {b}, {v}, outcome = 'failure', count(*) FROM events
+                 SELECT ?1, ?2, {b}, {v}, outcome = 'failure', count(*) FROM {src}
                  WHERE id > ?3 AND id <= ?4 AND {v} IS NOT NULL GROUP BY 3, 4, 5
                  ON CONFLICT(dim, level, bucket_us, value, outcome) DO UPDATE SET n = n + excluded.n",
                 b = floor_sql(level)
             );
-            conn.execute(&sql, params![dim as i64, level, w, max])?;
+            conn.prepare_cached(&sql)?
+                .execute(params![dim as i64, level, after, upto])?;
         }
     }
-    conn.execute(
-        "UPDATE rollup_state SET watermark_id = ?1 WHERE singleton = 1",
-        [max],
-    )?;
-    tracing::info!(from = w, to = max, "rollup caught up with events");
     Ok(())
 }
 
-/// Removes the counts of events `(after, upto]` about to be pruned. They must all be at
-/// or below the watermark (flush first).
-pub(crate) fn subtract(conn: &Connection, after: i64, upto: i64) -> Result<(), StoreError> {
+/// Removes the counts of the events `(after, upto]` of `src` (about to be deleted).
+pub(crate) fn subtract(
+    conn: &Connection,
+    src: &str,
+    after: i64,
+    upto: i64,
+) -> Result<(), StoreError> {
     let (lo, hi): (Option<i64>, Option<i64>) = conn.query_row(
-        "SELECT min(time_us), max(time_us) FROM events WHERE id > ?1 AND id <= ?2",
+        &format!("SELECT min(time_us), max(time_us) FROM {src} WHERE id > ?1 AND id <= ?2"),
         [after, upto],
         |r| Ok((r.get(0)?, r.get(1)?)),
     )?;
@@ -221,7 +107,7 @@ pub(crate) fn subtract(conn: &Connection, after: i64, upto: i64) -> Result<(), S
             let v = dim.value_sql();
             let sql = format!(
                 "WITH d AS (SELECT {b} AS b, {v} AS v, outcome = 'failure' AS o, count(*) AS c
-                            FROM events WHERE id > ?3 AND id <= ?4 AND {v} IS NOT NULL GROUP BY 1, 2, 3)
+                            FROM {src} WHERE id > ?3 AND id <= ?4 AND {v} IS NOT NULL GROUP BY 1, 2, 3)
                  UPDATE rollup SET n = rollup.n - d.c FROM d
                  WHERE rollup.dim = ?1 AND rollup.level = ?2 AND rollup.bucket_us = d.b
                    AND rollup.value = d.v AND rollup.outcome = d.o",

@@ -88,7 +88,23 @@ CREATE TABLE rollup_state (
 INSERT INTO rollup_state VALUES (1, 0);
 ";
 
-const MIGRATIONS: &[&str] = &[V1, V2];
+/// Version 3: the record keeps no secondary index. Every index and the chart rollup
+/// move to the derived index database (`crate::index`), which a background thread
+/// maintains in large batches, so the writer only appends rows.
+pub(crate) const V3: &str = "
+DROP INDEX events_time;
+DROP INDEX events_kind_time;
+DROP INDEX events_outcome_time;
+DROP INDEX events_reason_time;
+DROP INDEX events_subject_time;
+DROP INDEX events_username_time;
+DROP INDEX events_ip_time;
+DROP INDEX events_jti;
+DROP TABLE rollup;
+DROP TABLE rollup_state;
+";
+
+const MIGRATIONS: &[&str] = &[V1, V2, V3];
 
 /// The schema version this build writes.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

@@ -15,17 +15,13 @@ use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use crate::chain::{self, Mac, RowFields, GENESIS};
 use crate::checkpoint::{self, Sequence};
 use crate::ecs::SecurityLog;
+use crate::index::{self, IndexProgress, IndexerHandle};
 use crate::keys::{self, Keys};
 use crate::reader::AuditReader;
-use crate::rollup::{self, Accumulator};
 use crate::{
     model::now_us, AlertStatus, NewAlert, NewEvent, StoreConfig, StoreError, MAX_EVIDENCE,
 };
 
-/// How often the in-memory rollup counts are flushed (and so how many rows a chart
-/// query may have to count directly).
-const ROLLUP_FLUSH_EVERY: Duration = Duration::from_secs(1);
-const ROLLUP_FLUSH_ROWS: usize = 200_000;
 /// Rows deleted per retention transaction, so the writer never stalls for long.
 const PRUNE_CHUNK: usize = 20_000;
 
@@ -75,6 +71,10 @@ impl<T> Future for Ack<T> {
 }
 
 impl<T> Ack<T> {
+    pub(crate) fn from_receiver(r: oneshot::Receiver<Result<T, StoreError>>) -> Self {
+        Ack(r)
+    }
+
     /// Blocks the current thread until the commit (or its failure).
     pub fn wait(self) -> Result<T, StoreError> {
         block_on(self)
@@ -110,6 +110,10 @@ pub struct Health {
     pub queue_depth: usize,
     pub events_committed: u64,
     pub last_commit_us: Option<i64>,
+    /// Committed events not yet in the query index (queries stay exact, only slower).
+    pub index_lag: u64,
+    /// The indexer's last failure, until a pass succeeds.
+    pub index_error: Option<String>,
 }
 
 #[derive(Default)]
@@ -168,6 +172,7 @@ struct Shared {
     health: Mutex<HealthState>,
     committed: AtomicU64,
     watch: CommitWatch,
+    index: Arc<IndexProgress>,
 }
 
 /// The open audit store: owns the writer thread. Call [`AuditStore::shutdown`] to drain
@@ -178,6 +183,7 @@ pub struct AuditStore {
     tx: Sender<Msg>,
     handle: Option<JoinHandle<Result<(), StoreError>>>,
     checkpointer: Option<(Sender<()>, JoinHandle<()>)>,
+    indexer: Option<IndexerHandle>,
 }
 
 /// Submits records to the writer thread. Cheap to clone; Send + Sync.
@@ -245,7 +251,6 @@ impl AuditStore {
         checkpoint::ensure_dir(&cfg.checkpoint_dir, &keys)?;
         let mut conn = open_rw(&cfg)?;
         crate::schema::migrate(&mut conn)?;
-        rollup::catch_up(&conn)?;
         let (next_id, head) = chain_head(&conn)?;
         let ckpt = Sequence::open(&cfg.checkpoint_dir)?;
         let security_log = match &cfg.security_log_dir {
@@ -264,11 +269,11 @@ impl AuditStore {
             }),
             committed: AtomicU64::new(0),
             watch,
+            index: Arc::new(IndexProgress::default()),
         });
         let (tx, rx) = bounded(cfg.queue_capacity);
         let now = Instant::now();
         let mut w = Writer {
-            acc: Accumulator::new(rollup::watermark(&conn)?),
             conn,
             cfg: cfg.clone(),
             shared: shared.clone(),
@@ -277,7 +282,6 @@ impl AuditStore {
             needs_resync: false,
             ckpt,
             checkpointed_id: -1,
-            last_flush: now,
             last_checkpoint: now,
             next_prune: now,
             security_log,
@@ -287,12 +291,18 @@ impl AuditStore {
             .spawn(move || w.run(rx))
             .map_err(|e| StoreError::io("cannot start audit writer thread for", &cfg.db_path, e))?;
         let checkpointer = Some(spawn_checkpointer(&cfg)?);
+        let indexer = Some(index::spawn(
+            &cfg,
+            shared.watch.clone(),
+            shared.index.clone(),
+        )?);
         Ok(AuditStore {
             cfg,
             shared,
             tx,
             handle: Some(handle),
             checkpointer,
+            indexer,
         })
     }
 
@@ -310,13 +320,28 @@ impl AuditStore {
 
     pub fn health(&self) -> Health {
         let h = self.shared.health.lock().unwrap_or_else(|p| p.into_inner());
+        let indexed = self.shared.index.indexed_id.load(Ordering::Relaxed);
         Health {
             writable: h.writable,
             last_error: h.last_error.clone(),
             queue_depth: self.tx.len(),
             events_committed: self.shared.committed.load(Ordering::Relaxed),
             last_commit_us: h.last_commit_us,
+            index_lag: u64::try_from(self.shared.watch.latest() - indexed).unwrap_or(0),
+            index_error: self
+                .shared
+                .index
+                .last_error
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
         }
+    }
+
+    /// Waits until every event committed so far is in the query index; returns the
+    /// index's watermark. Queries are exact without it; this only makes them fast.
+    pub fn index_now(&self) -> Result<i64, StoreError> {
+        self.indexer.as_ref().ok_or(StoreError::WriterGone)?.sync()
     }
 
     pub fn committed_watch(&self) -> CommitWatch {
@@ -336,13 +361,16 @@ impl AuditStore {
         Ack(r).wait()
     }
 
-    /// Runs retention now (normally it runs every `retention_interval`); returns rows pruned.
+    /// Runs retention now (normally it runs every `retention_interval`) and waits until
+    /// the query index has let go of the pruned rows too; returns rows pruned.
     pub fn prune_now(&self) -> Result<u64, StoreError> {
         let (a, r) = oneshot::channel();
         self.tx
             .send(Msg::Prune(a))
             .map_err(|_| StoreError::WriterGone)?;
-        Ack(r).wait()
+        let n = Ack(r).wait()?;
+        self.index_now()?;
+        Ok(n)
     }
 
     /// Commits everything queued, writes a final checkpoint and stops the writer.
@@ -360,10 +388,23 @@ impl AuditStore {
         };
         // If the send fails the thread is already gone; join tells us why.
         let _ = self.tx.send(Msg::Shutdown);
-        match h.join() {
+        let r = match h.join() {
             Ok(r) => r,
             Err(_) => Err(StoreError::WriterGone),
+        };
+        // After the writer, so its last pass sees every committed event.
+        if let Some(mut ix) = self.indexer.take() {
+            ix.stop();
         }
+        // The indexer's read-only attachment may have been the record's last
+        // connection, and a read-only connection leaves the WAL behind: fold it into
+        // the database file now, so a plain copy of `audit.db` is a complete backup.
+        if let Ok(c) = Connection::open(&self.cfg.db_path) {
+            if let Err(e) = c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())) {
+                tracing::warn!(error = %e, "final WAL checkpoint of the audit record failed");
+            }
+        }
+        r
     }
 }
 
@@ -514,10 +555,8 @@ struct Writer {
     next_id: i64,
     head: Mac,
     needs_resync: bool,
-    acc: Accumulator,
     ckpt: Sequence,
     checkpointed_id: i64,
-    last_flush: Instant,
     last_checkpoint: Instant,
     next_prune: Instant,
     security_log: Option<SecurityLog>,
@@ -591,16 +630,12 @@ impl Writer {
             }
             self.timers();
         }
-        self.flush_rollup()?;
         self.checkpoint()?;
         Ok(())
     }
 
     fn next_timer(&self) -> Duration {
         let mut due = self.last_checkpoint + self.cfg.checkpoint_interval;
-        if self.acc.pending() > 0 {
-            due = due.min(self.last_flush + ROLLUP_FLUSH_EVERY);
-        }
         if self.cfg.retention.is_some() {
             due = due.min(self.next_prune);
         }
@@ -609,14 +644,6 @@ impl Writer {
 
     fn timers(&mut self) {
         let now = Instant::now();
-        if self.acc.pending() > 0
-            && (now >= self.last_flush + ROLLUP_FLUSH_EVERY
-                || self.acc.pending() >= ROLLUP_FLUSH_ROWS)
-        {
-            if let Err(e) = self.flush_rollup() {
-                tracing::warn!(error = %e, "rollup flush failed; will retry");
-            }
-        }
         if now >= self.last_checkpoint + self.cfg.checkpoint_interval {
             if let Err(e) = self.checkpoint() {
                 tracing::error!(error = %e, "writing audit checkpoint failed");
@@ -807,32 +834,9 @@ impl Writer {
     }
 
     fn note_event(&mut self, id: i64, p: &Prepared, hash: &Mac) {
-        let e = &p.ev;
-        self.acc.add(
-            id,
-            e.time_us,
-            e.outcome,
-            e.client_ip.as_deref(),
-            e.username.as_deref().or(e.subject.as_deref()),
-            e.reason.as_deref(),
-        );
         if let Some(log) = &mut self.security_log {
-            log.add(id, e, hash);
+            log.add(id, &p.ev, hash);
         }
-    }
-
-    fn flush_rollup(&mut self) -> Result<(), StoreError> {
-        self.last_flush = Instant::now();
-        if self.acc.pending() == 0 {
-            return Ok(());
-        }
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        self.acc.flush(&tx)?;
-        tx.commit()?;
-        self.acc.clear();
-        Ok(())
     }
 
     fn checkpoint(&mut self) -> Result<(), StoreError> {
@@ -871,8 +875,6 @@ impl Writer {
         };
         let cutoff =
             now_us().saturating_sub(i64::try_from(retention.as_micros()).unwrap_or(i64::MAX));
-        // The rollup must hold every row we delete, so its counts can be subtracted.
-        self.flush_rollup()?;
         let (anchor_id, pruned_total): (i64, i64) = self
             .conn
             .query_row(
@@ -911,7 +913,6 @@ impl Writer {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        rollup::subtract(&tx, anchor_id, x)?;
         tx.execute(
             "DELETE FROM events WHERE id > ?1 AND id <= ?2",
             [anchor_id, x],

@@ -377,15 +377,34 @@ fn all_events(r: &AuditReader) -> Vec<StoredEvent> {
 #[test]
 fn keyset_pages_cover_each_filter_exactly_once_newest_first() {
     let dir = tempfile::tempdir().unwrap();
-    let store = AuditStore::open(cfg(dir.path())).unwrap();
+    let mut c = cfg(dir.path());
+    // The indexer only runs when asked, so the index state below is exactly as set up.
+    c.index_refresh = Duration::from_secs(3600);
+    let store = AuditStore::open(c).unwrap();
     let t0 = 1_700_000_000_000_000;
     // Duplicate timestamps on purpose: the cursor must break ties by id.
-    store
-        .writer()
-        .record_many_blocking((0..250).map(|i| sample(i, t0 + (i / 3) * 1_000)).collect())
+    let w = store.writer();
+    w.record_many_blocking((0..130).map(|i| sample(i, t0 + (i / 3) * 1_000)).collect())
         .unwrap();
+    store.index_now().unwrap();
+    w.record_many_blocking(
+        (130..250)
+            .map(|i| sample(i, t0 + (i / 3) * 1_000))
+            .collect(),
+    )
+    .unwrap();
+    // Half the rows are in the index, half only in the record: pages must cross over.
+    assert_eq!(store.health().index_lag, 120);
     let r = store.reader().unwrap();
-    let all = all_events(&r);
+    check_keyset_pages(&r, t0);
+    store.index_now().unwrap();
+    assert_eq!(store.health().index_lag, 0);
+    check_keyset_pages(&r, t0);
+    store.shutdown().unwrap();
+}
+
+fn check_keyset_pages(r: &AuditReader, t0: i64) {
+    let all = all_events(r);
     type Case = (EventFilter, Box<dyn Fn(&StoredEvent) -> bool>);
     let filters: Vec<Case> = vec![
         (EventFilter::default(), Box::new(|_| true)),
@@ -471,7 +490,6 @@ fn keyset_pages_cover_each_filter_exactly_once_newest_first() {
         }
         assert_eq!(got, want, "filter {f:?}");
     }
-    store.shutdown().unwrap();
 }
 
 fn brute_top(
@@ -545,9 +563,10 @@ fn check_aggregates(r: &AuditReader, range: TimeRange) {
 }
 
 #[test]
-fn aggregates_match_a_brute_force_count_before_and_after_the_rollup_flush() {
+fn aggregates_match_a_brute_force_count_below_and_above_the_index_watermark() {
     let dir = tempfile::tempdir().unwrap();
-    let c = cfg(dir.path());
+    let mut c = cfg(dir.path());
+    c.index_refresh = Duration::from_secs(3600);
     let t0 = 1_700_006_400_000_000; // a UTC midnight
     let store = AuditStore::open(c.clone()).unwrap();
     // ~5 days of events, every 17 minutes and a bit, so ranges cut buckets at every level.
@@ -559,9 +578,10 @@ fn aggregates_match_a_brute_force_count_before_and_after_the_rollup_flush() {
                 .collect(),
         )
         .unwrap();
-    store.shutdown().unwrap(); // flushes the rollup
+    store.shutdown().unwrap(); // indexes everything, rollup included
     let store = AuditStore::open(c).unwrap();
-    // And some that are only in `events`, above the rollup watermark.
+    store.index_now().unwrap();
+    // And some that are only in the record, above the index watermark.
     store
         .writer()
         .record_many_blocking(
@@ -570,8 +590,9 @@ fn aggregates_match_a_brute_force_count_before_and_after_the_rollup_flush() {
                 .collect(),
         )
         .unwrap();
+    assert_eq!(store.health().index_lag, 40);
     let r = store.reader().unwrap();
-    for range in [
+    let ranges = [
         TimeRange::new(0, i64::MAX / 2),
         TimeRange::new(
             t0 + 90 * 60_000_000 + 123,
@@ -579,7 +600,13 @@ fn aggregates_match_a_brute_force_count_before_and_after_the_rollup_flush() {
         ),
         TimeRange::new(t0 + DAY_US, t0 + 2 * DAY_US),
         TimeRange::new(t0 + 5 * 60_000_000, t0 + 5 * 60_000_000 + 1),
-    ] {
+    ];
+    for range in ranges {
+        check_aggregates(&r, range);
+    }
+    store.index_now().unwrap();
+    assert_eq!(store.health().index_lag, 0);
+    for range in ranges {
         check_aggregates(&r, range);
     }
     store.shutdown().unwrap();
