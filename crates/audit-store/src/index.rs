@@ -139,6 +139,7 @@ fn open_conn(path: &Path) -> Result<Connection, StoreError> {
     // the watermark is in the same transaction, so the lost rows are simply redone.
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     conn.pragma_update(None, "cache_size", -131_072)?;
+    conn.pragma_update(None, "temp_store", "MEMORY")?;
     Ok(conn)
 }
 

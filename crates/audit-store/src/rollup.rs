@@ -68,20 +68,36 @@ pub(crate) fn outcome_sql_code(o: crate::Outcome) -> i64 {
 }
 
 /// Adds the events `(after, upto]` of `src` (a table with the event columns: the
-/// record or the index's copy) to the rollup, with set-based SQL.
+/// record or the index's copy) to the rollup, with set-based SQL: one pass over the
+/// events per dimension at its finest level into `temp.rollup_batch`, then every level
+/// from that much smaller table.
 pub(crate) fn add(conn: &Connection, src: &str, after: i64, upto: i64) -> Result<(), StoreError> {
+    conn.execute_batch(
+        "CREATE TEMP TABLE IF NOT EXISTS rollup_batch (
+             bucket_us INTEGER NOT NULL, value TEXT NOT NULL, outcome INTEGER NOT NULL, n INTEGER NOT NULL)",
+    )?;
     for dim in Dim::EVERY {
-        for &level in dim.levels() {
-            let v = dim.value_sql();
-            let sql = format!(
+        let levels = dim.levels();
+        let finest = levels[levels.len() - 1];
+        conn.prepare_cached("DELETE FROM temp.rollup_batch")?
+            .execute([])?;
+        let v = dim.value_sql();
+        conn.prepare_cached(&format!(
+            "INSERT INTO temp.rollup_batch
+             SELECT {b}, {v}, outcome = 'failure', count(*) FROM {src}
+             WHERE id > ?1 AND id <= ?2 AND {v} IS NOT NULL GROUP BY 1, 2, 3",
+            b = floor_sql(finest)
+        ))?
+        .execute([after, upto])?;
+        for &level in levels {
+            let b = floor_sql(level).replace("time_us", "bucket_us");
+            conn.prepare_cached(&format!(
                 "INSERT INTO rollup(dim, level, bucket_us, value, outcome, n)
-                 SELECT ?1, ?2, {b}, {v}, outcome = 'failure', count(*) FROM {src}
-                 WHERE id > ?3 AND id <= ?4 AND {v} IS NOT NULL GROUP BY 3, 4, 5
-                 ON CONFLICT(dim, level, bucket_us, value, outcome) DO UPDATE SET n = n + excluded.n",
-                b = floor_sql(level)
-            );
-            conn.prepare_cached(&sql)?
-                .execute(params![dim as i64, level, after, upto])?;
+                 SELECT ?1, ?2, {b}, value, outcome, sum(n) FROM temp.rollup_batch
+                 WHERE 1 GROUP BY 3, 4, 5
+                 ON CONFLICT(dim, level, bucket_us, value, outcome) DO UPDATE SET n = n + excluded.n"
+            ))?
+            .execute(params![dim as i64, level])?;
         }
     }
     Ok(())
