@@ -44,6 +44,7 @@ mod sanitize;
 mod secret;
 mod service;
 mod store;
+mod verified_cache;
 
 use aws_lc_rs::digest::{digest, SHA256};
 
@@ -65,8 +66,17 @@ pub use store::{
 /// The short identifier of a token for logs and audit rows: the first 16 hex
 /// characters (64 bits) of the SHA-256 of the raw token.
 pub fn fingerprint(token: &str) -> String {
-    let d = digest(&SHA256, token.as_bytes());
-    hex::encode(&d.as_ref()[..8])
+    fingerprint_of(&token_digest(token))
+}
+
+pub(crate) fn token_digest(token: &str) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    out.copy_from_slice(digest(&SHA256, token.as_bytes()).as_ref());
+    out
+}
+
+pub(crate) fn fingerprint_of(digest: &[u8; 32]) -> String {
+    hex::encode(&digest[..8])
 }
 
 /// Lowercase hex SHA-256: how refresh tokens are stored.

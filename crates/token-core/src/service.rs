@@ -16,7 +16,8 @@ use crate::reason::{Reason, Rejection};
 use crate::sanitize::log_safe_text;
 use crate::secret::SecretToken;
 use crate::store::{RefreshRecord, RefreshStore, RevocationStore, StoreFailure};
-use crate::{fingerprint, sha256_hex, unix_now};
+use crate::verified_cache::{Verified, VerifiedCache};
+use crate::{fingerprint, fingerprint_of, sha256_hex, token_digest, unix_now};
 
 /// Issuer, audience and lifetimes. [`TokenConfig::new`] gives the defaults.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -295,6 +296,7 @@ pub struct TokenService {
     validations: Vec<Validation>,
     revocations: Arc<dyn RevocationStore>,
     refresh: Arc<dyn RefreshStore>,
+    verified: VerifiedCache,
 }
 
 impl std::fmt::Debug for TokenService {
@@ -323,6 +325,7 @@ impl TokenService {
             validations,
             revocations,
             refresh,
+            verified: VerifiedCache::default(),
         }
     }
 
@@ -337,7 +340,11 @@ impl TokenService {
     }
 
     fn write_keys(&self) -> RwLockWriteGuard<'_, KeyRing> {
-        self.keys.write().unwrap_or_else(|e| e.into_inner())
+        let ring = self.keys.write().unwrap_or_else(|e| e.into_inner());
+        // Whatever the change, no token verified against the old ring is trusted again
+        // without a fresh signature check.
+        self.verified.invalidate();
+        ring
     }
 
     fn leeway_secs(&self) -> i64 {
@@ -455,7 +462,13 @@ impl TokenService {
 
     /// [`TokenService::verify`] as if the time were `now`.
     pub fn verify_at(&self, token: &str, now: i64) -> Result<VerifiedToken, Rejection> {
-        let fp = fingerprint(token);
+        let digest = token_digest(token);
+        let fp = fingerprint_of(&digest);
+        if token.len() <= self.cfg.max_token_bytes {
+            if let Some(hit) = self.verified.get(&digest) {
+                return self.recheck(&hit, fp, now);
+            }
+        }
         let mut seen = Seen::default();
         // The cap comes first so an enormous token costs nothing but its hash.
         if token.len() > self.cfg.max_token_bytes {
@@ -483,8 +496,10 @@ impl TokenService {
             .as_deref()
             .ok_or_else(|| refusal.no(Reason::UnknownKid, "token has no kid"))?;
 
+        let generation;
         let decoded = {
             let keys = self.read_keys();
+            generation = self.verified.generation();
             let key = keys
                 .get(kid)
                 .ok_or_else(|| refusal.no(Reason::UnknownKid, "kid does not name a known key"))?;
@@ -517,7 +532,52 @@ impl TokenService {
         (refusal.jti, refusal.subject) = ids_of(&payload);
         let claims = Claims::from_payload(payload, &self.cfg.audience)
             .map_err(|(reason, msg)| refusal.no(reason, msg))?;
+        self.check_time_and_revocation(&claims, now, &refusal)?;
+        self.verified.insert(
+            digest,
+            Verified {
+                claims: claims.clone(),
+                kid: kid.to_owned(),
+                alg: parsed.alg,
+            },
+            generation,
+        );
+        Ok(VerifiedToken {
+            claims,
+            kid: kid.to_owned(),
+            alg: parsed.alg,
+            fingerprint: fp.clone(),
+        })
+    }
 
+    /// A token whose bytes were verified before: only what can change since is checked.
+    fn recheck(&self, hit: &Verified, fp: String, now: i64) -> Result<VerifiedToken, Rejection> {
+        let seen = Seen {
+            alg: Some(hit.alg.as_str().to_owned()),
+            kid: Some(hit.kid.clone()),
+        };
+        let refusal = Refusal {
+            fingerprint: &fp,
+            seen: &seen,
+            jti: Some(log_safe_text(&hit.claims.jti, MAX_LOGGED_JTI)),
+            subject: Some(log_safe_text(&hit.claims.sub, MAX_LOGGED_SUBJECT)),
+        };
+        self.check_time_and_revocation(&hit.claims, now, &refusal)?;
+        Ok(VerifiedToken {
+            claims: hit.claims.clone(),
+            kid: hit.kid.clone(),
+            alg: hit.alg,
+            fingerprint: fp,
+        })
+    }
+
+    /// The checks that depend on when and after what a token is presented.
+    fn check_time_and_revocation(
+        &self,
+        claims: &Claims,
+        now: i64,
+        refusal: &Refusal<'_>,
+    ) -> Result<(), Rejection> {
         let leeway = self.leeway_secs();
         if now >= claims.exp.saturating_add(leeway) {
             return Err(refusal.no(Reason::Expired, "token has expired"));
@@ -559,12 +619,7 @@ impl TokenService {
                 ));
             }
         }
-        Ok(VerifiedToken {
-            claims,
-            kid: kid.to_owned(),
-            alg: parsed.alg,
-            fingerprint: fp.clone(),
-        })
+        Ok(())
     }
 
     fn payload_of(&self, token: &str) -> Option<Map<String, Value>> {
