@@ -261,12 +261,12 @@ fn insert() {
         inline / raw
     );
 
-    // The writer: 4 producer threads, each keeping up to 1024 acks in flight (like 4096
+    // The writer: 4 producer threads, each keeping up to IN_FLIGHT acks in flight (like
     // concurrent requests each waiting for its commit).
     // The indexer runs beside it at a lower CPU priority.
     let (writer, indexed) = writer_rate(&evs, PRODUCERS, Synchronous::Full, false);
     println!(
-        "writer, {PRODUCERS} producers x 1024 in flight:  {writer:>10.0} events/s  = {:.2} of raw",
+        "writer, {PRODUCERS} producers x {IN_FLIGHT} in flight:  {writer:>10.0} events/s  = {:.2} of raw",
         writer / raw
     );
     println!(
@@ -317,6 +317,10 @@ fn insert() {
     );
 }
 
+/// Acknowledgements each producer waits for at most: 4 × 4096 is the writer queue's
+/// capacity, so the writer can commit one batch while the next one fills.
+const IN_FLIGHT: usize = 4096;
+
 /// Events/s acknowledged by the writer, and events/s indexed: from the start until the
 /// index is current, or, with `defer_index` (the indexer waits until asked), of the
 /// indexer alone once the writer is done.
@@ -346,7 +350,7 @@ fn writer_rate(
             std::thread::spawn(move || {
                 let mut inflight = VecDeque::new();
                 for e in mine {
-                    if inflight.len() >= 1024 {
+                    if inflight.len() >= IN_FLIGHT {
                         let a: Ack<i64> = inflight.pop_front().unwrap();
                         a.wait().unwrap();
                     }
