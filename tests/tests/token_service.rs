@@ -2,7 +2,9 @@
 //! 127.0.0.1 with a fresh data directory, driven over HTTP and the CLI.
 
 use serde_json::Value;
-use tokenwatch_e2e::{all_file_bytes, cli, contains, data_dir, export_events, http, Server};
+use tokenwatch_e2e::{
+    all_file_bytes, cli, contains, data_dir, export_events, http, wait_for, Server,
+};
 
 const PASSWORD: &str = "correct horse battery staple";
 
@@ -132,6 +134,16 @@ fn first_start_login_me_tamper_and_audit_trail() {
         metrics.contains("tokenwatch_audit_store_writable 1"),
         "{metrics}"
     );
+    // The query index catches up on its own within a moment of the last request.
+    assert!(
+        metrics.contains("tokenwatch_audit_index_healthy 1"),
+        "{metrics}"
+    );
+    wait_for("the audit index to catch up", || {
+        let h: Value = http().get(s.url("/healthz")).send().ok()?.json().ok()?;
+        (h["audit_store"]["index_lag"] == 0 && h["audit_store"]["index_error"].is_null())
+            .then_some(())
+    });
     s.stop();
 
     // Every decision is in the audit trail, in order, with who and how.

@@ -65,6 +65,8 @@ async fn healthz(data: Data) -> HttpResponse {
             "last_error": h.last_error,
             "queue_depth": h.queue_depth,
             "events_committed": h.events_committed,
+            "index_lag": h.index_lag,
+            "index_error": h.index_error,
         },
     });
     if h.writable {
