@@ -39,10 +39,14 @@ pub fn binary() -> &'static Path {
 }
 
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ has a parent")
-        .to_path_buf()
+    // Read at run time: a test binary reused from a build of another checkout
+    // (a shared CARGO_TARGET_DIR) must still look at the checkout being tested.
+    PathBuf::from(
+        std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into()),
+    )
+    .parent()
+    .expect("tests/ has a parent")
+    .to_path_buf()
 }
 
 /// Output of one CLI invocation.

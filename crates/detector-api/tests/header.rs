@@ -1,11 +1,16 @@
 //! The committed C header must match what cbindgen generates from the Rust
 //! definitions, so C plugin authors never build against a stale ABI.
 
-use std::path::Path;
+use std::path::PathBuf;
 
 #[test]
 fn committed_header_is_up_to_date() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    // Read at run time: a test binary reused from a build of another checkout
+    // (a shared CARGO_TARGET_DIR) must still check the checkout being tested.
+    let dir = PathBuf::from(
+        std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into()),
+    );
+    let dir = dir.as_path();
     let config =
         cbindgen::Config::from_file(dir.join("cbindgen.toml")).expect("read cbindgen.toml");
     let mut generated = Vec::new();

@@ -11,7 +11,11 @@ use std::time::{Duration, Instant};
 use plugin_host::{AlertRecord, EventRecord, HostSink, Lifecycle};
 
 pub fn manifest_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    // Read at run time: a test binary reused from a build of another checkout
+    // (a shared CARGO_TARGET_DIR) must still look at the checkout being tested.
+    PathBuf::from(
+        std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into()),
+    )
 }
 
 /// The target dir cargo is using for this test run, so nested builds reuse
