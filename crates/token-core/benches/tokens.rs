@@ -107,7 +107,13 @@ fn bench_tokens(c: &mut Criterion) {
         // the verified-token cache never helps.
         g.bench_function("token-core", |b| {
             b.iter_batched(
-                || svc.issue_access(&req).expect("issue").token.expose().to_owned(),
+                || {
+                    svc.issue_access(&req)
+                        .expect("issue")
+                        .token
+                        .expose()
+                        .to_owned()
+                },
                 |t| svc.verify(black_box(&t)).expect("verify"),
                 BatchSize::SmallInput,
             )

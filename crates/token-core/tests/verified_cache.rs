@@ -6,6 +6,16 @@ mod common;
 use common::*;
 use token_core::*;
 
+/// A token for alice issued now, and now.
+fn issued_now(fx: &Fixture) -> (IssuedToken, i64) {
+    let now = unix_now();
+    let t = fx
+        .svc
+        .issue_access_at(&AccessRequest::new("alice"), now)
+        .unwrap();
+    (t, now)
+}
+
 #[test]
 fn a_revoked_token_is_refused_on_its_next_use_even_though_it_verified_before() {
     let fx = fixture();
@@ -29,11 +39,7 @@ fn a_revoked_token_is_refused_on_its_next_use_even_though_it_verified_before() {
 #[test]
 fn a_token_that_verified_before_expires_on_time() {
     let fx = fixture();
-    let now = unix_now();
-    let t = fx
-        .svc
-        .issue_access_at(&AccessRequest::new("alice"), now)
-        .unwrap();
+    let (t, now) = issued_now(&fx);
     let v = fx.svc.verify_at(t.token.expose(), now).unwrap();
     let leeway = fx.svc.config().leeway.as_secs() as i64;
     assert!(fx
@@ -53,11 +59,7 @@ fn a_token_that_verified_before_expires_on_time() {
 #[test]
 fn a_pruned_key_stops_its_cached_tokens_at_once() {
     let fx = fixture();
-    let now = unix_now();
-    let t = fx
-        .svc
-        .issue_access_at(&AccessRequest::new("alice"), now)
-        .unwrap();
+    let (t, now) = issued_now(&fx);
     assert!(fx.svc.verify(t.token.expose()).is_ok());
     // The key that signed it is retired, then pruned once its tokens could have expired.
     fx.svc.rotate_keys(Alg::ES256).unwrap();
