@@ -147,6 +147,20 @@ fn raise_alert(s: &Server, key: &str, user: &str) -> i64 {
     })
 }
 
+fn metrics(s: &Server) -> String {
+    http()
+        .get(s.url("/metrics"))
+        .send()
+        .and_then(|r| r.text())
+        .unwrap_or_default()
+}
+
+/// The value of the sample named exactly `series` (name and labels).
+fn metric(text: &str, series: &str) -> Option<i64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+}
+
 fn delivered(lines: &[String], input: &str, alert_id: i64) -> Option<String> {
     lines
         .iter()
@@ -196,6 +210,16 @@ retry_secs = 1
     let first = raise_alert(&s, &key, "victim-1");
     std::thread::sleep(Duration::from_secs(2));
     assert!(received(&rs_dir).is_empty());
+    // /metrics says the TCP collector is unreachable and the alert is waiting.
+    const UP: &str = "tokenwatch_forward_up{forwarder=\"siem-tcp\"}";
+    const BACKLOG: &str = "tokenwatch_forward_backlog{forwarder=\"siem-tcp\",stream=\"alerts\"}";
+    const SENT: &str = "tokenwatch_forward_sent_total{forwarder=\"siem-tcp\",stream=\"alerts\"}";
+    const FAILURES: &str = "tokenwatch_forward_failures_total{forwarder=\"siem-tcp\"}";
+    wait_for("the outage in /metrics", 30, || {
+        let m = metrics(&s);
+        (metric(&m, UP)? == 0 && metric(&m, BACKLOG)? >= 1 && metric(&m, FAILURES)? >= 1)
+            .then_some(())
+    });
 
     // It comes back: the alert arrives over TCP, caught up from the store.
     let rs = Rsyslog::start(&bin, &rs_dir, tcp, udp);
@@ -210,6 +234,11 @@ retry_secs = 1
     assert!(line.contains("|brute-force:brute-force|"), "{line}");
     assert!(line.contains("cs1=brute-force"), "{line}");
     assert!(line.contains("src=198.51.100.9"), "{line}");
+
+    wait_for("the recovery in /metrics", 30, || {
+        let m = metrics(&s);
+        (metric(&m, UP)? == 1 && metric(&m, BACKLOG)? == 0 && metric(&m, SENT)? >= 1).then_some(())
+    });
 
     // While it is up, both transports deliver.
     let second = raise_alert(&s, &key, "victim-2");

@@ -26,6 +26,8 @@ pub struct AppState {
     /// Limits and per-source rate buckets of `POST /api/v1/events`.
     pub ingest_limits: crate::ingest_api::IngestLimits,
     pub ingest: crate::ingest_api::IngestState,
+    /// Delivery counters of the `[[forward]]` collectors.
+    pub forward: crate::forward::ForwardStatus,
 }
 
 /// The audit store could not commit the event; the decision must not be acted on.

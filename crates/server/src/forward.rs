@@ -7,8 +7,9 @@
 //! lost (TCP; over UDP a datagram the network drops is gone, as UDP goes).
 //! Delivery is at-least-once: a batch interrupted by a failure is sent again.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -212,6 +213,96 @@ pub fn event_message(e: &StoredEvent, cfg: &ForwardConfig) -> String {
     .render(&cef.to_string())
 }
 
+/// What every forwarder has done, for `/metrics`.
+#[derive(Default)]
+pub struct ForwardStatus {
+    forwarders: Mutex<Vec<Arc<ForwarderStats>>>,
+}
+
+/// One forwarder's counters. Index 0 is the alert stream, 1 the event stream.
+struct ForwarderStats {
+    name: String,
+    /// False from a failed send until a send succeeds.
+    up: AtomicBool,
+    failures: AtomicU64,
+    sent: [AtomicU64; 2],
+    /// Records in the store not yet delivered; -1 for a stream that is not forwarded.
+    backlog: [AtomicI64; 2],
+}
+
+const STREAM_NAMES: [&str; 2] = ["alerts", "events"];
+
+impl ForwardStatus {
+    fn register(&self, name: &str) -> Arc<ForwarderStats> {
+        let stats = Arc::new(ForwarderStats {
+            name: name.to_owned(),
+            up: AtomicBool::new(true),
+            failures: AtomicU64::new(0),
+            sent: Default::default(),
+            backlog: [AtomicI64::new(-1), AtomicI64::new(-1)],
+        });
+        self.forwarders
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(stats.clone());
+        stats
+    }
+
+    /// Prometheus text for every forwarder (nothing when none is configured).
+    pub fn metrics_text(&self) -> String {
+        let list = self.forwarders.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out = String::new();
+        if list.is_empty() {
+            return out;
+        }
+        out.push_str("# HELP tokenwatch_forward_up 0 while the last delivery to the collector failed (it is retried from the store).\n# TYPE tokenwatch_forward_up gauge\n");
+        for f in list.iter() {
+            let _ = writeln!(
+                out,
+                "tokenwatch_forward_up{{forwarder=\"{}\"}} {}",
+                f.name,
+                u8::from(f.up.load(Ordering::Relaxed))
+            );
+        }
+        out.push_str("# HELP tokenwatch_forward_failures_total Failed deliveries to the collector.\n# TYPE tokenwatch_forward_failures_total counter\n");
+        for f in list.iter() {
+            let _ = writeln!(
+                out,
+                "tokenwatch_forward_failures_total{{forwarder=\"{}\"}} {}",
+                f.name,
+                f.failures.load(Ordering::Relaxed)
+            );
+        }
+        out.push_str("# HELP tokenwatch_forward_sent_total Messages delivered to the collector.\n# TYPE tokenwatch_forward_sent_total counter\n");
+        for f in list.iter() {
+            for (i, stream) in STREAM_NAMES.iter().enumerate() {
+                if f.backlog[i].load(Ordering::Relaxed) >= 0 {
+                    let _ = writeln!(
+                        out,
+                        "tokenwatch_forward_sent_total{{forwarder=\"{}\",stream=\"{stream}\"}} {}",
+                        f.name,
+                        f.sent[i].load(Ordering::Relaxed)
+                    );
+                }
+            }
+        }
+        out.push_str("# HELP tokenwatch_forward_backlog Records in the audit store not yet delivered.\n# TYPE tokenwatch_forward_backlog gauge\n");
+        for f in list.iter() {
+            for (i, stream) in STREAM_NAMES.iter().enumerate() {
+                let b = f.backlog[i].load(Ordering::Relaxed);
+                if b >= 0 {
+                    let _ = writeln!(
+                        out,
+                        "tokenwatch_forward_backlog{{forwarder=\"{}\",stream=\"{stream}\"}} {b}",
+                        f.name
+                    );
+                }
+            }
+        }
+        out
+    }
+}
+
 /// The running forwarders; dropping this stops them.
 pub struct Forwarders {
     stop: Arc<AtomicBool>,
@@ -232,6 +323,7 @@ pub fn start(
     configs: &[ForwardConfig],
     store: &AuditStore,
     state: Arc<StateDb>,
+    status: &ForwardStatus,
 ) -> Result<Forwarders> {
     let stop = Arc::new(AtomicBool::new(false));
     let mut threads = Vec::new();
@@ -249,9 +341,10 @@ pub fn start(
         let cfg = cfg.clone();
         let state = state.clone();
         let stop = stop.clone();
+        let stats = status.register(&cfg.name);
         let t = std::thread::Builder::new()
             .name(format!("tokenwatch-forward-{}", cfg.name))
-            .spawn(move || run(cfg, reader, state, streams, &stop))
+            .spawn(move || run(cfg, reader, state, streams, &stats, &stop))
             .context("starting a forwarder thread")?;
         threads.push(t);
     }
@@ -271,6 +364,22 @@ struct Stream {
 }
 
 impl Stream {
+    fn index(&self) -> usize {
+        match self.kind {
+            StreamKind::Alerts => 0,
+            StreamKind::Events => 1,
+        }
+    }
+
+    /// Records after the cursor, for the backlog gauge.
+    fn backlog(&self, r: &AuditReader) -> Result<i64> {
+        let newest = match self.kind {
+            StreamKind::Alerts => r.max_alert_id()?,
+            StreamKind::Events => r.max_event_id()?,
+        };
+        Ok((newest - self.cursor).max(0))
+    }
+
     fn init(kind: StreamKind, cfg: &ForwardConfig, r: &AuditReader, s: &StateDb) -> Result<Stream> {
         let cursor_name = format!(
             "{}:{}",
@@ -331,6 +440,7 @@ fn run(
     reader: AuditReader,
     state: Arc<StateDb>,
     mut streams: Vec<Stream>,
+    stats: &ForwarderStats,
     stop: &AtomicBool,
 ) {
     let mut sender = Sender::new(cfg.target.clone(), Duration::from_secs(5));
@@ -356,6 +466,8 @@ fn run(
             let Some((msgs, last)) = batch else { continue };
             match sender.send_all(&msgs) {
                 Ok(()) => {
+                    stats.sent[s.index()].fetch_add(msgs.len() as u64, Ordering::Relaxed);
+                    stats.up.store(true, Ordering::Relaxed);
                     if let Err(e) = state.set_forward_cursor(&s.cursor_name, last) {
                         tracing::warn!(forwarder = %cfg.name, error = %e, "saving the forward cursor failed; the batch may be sent again");
                     }
@@ -366,6 +478,8 @@ fn run(
                     }
                 }
                 Err(e) => {
+                    stats.failures.fetch_add(1, Ordering::Relaxed);
+                    stats.up.store(false, Ordering::Relaxed);
                     if failing_since.is_none() {
                         failing_since = Some(Instant::now());
                         tracing::warn!(forwarder = %cfg.name, error = %e, retry_secs = cfg.retry.as_secs(), "forwarding to the syslog collector failed; will retry from the store");
@@ -373,6 +487,11 @@ fn run(
                     failed = true;
                     break;
                 }
+            }
+        }
+        for s in &streams {
+            if let Ok(b) = s.backlog(&reader) {
+                stats.backlog[s.index()].store(b, Ordering::Relaxed);
             }
         }
         if failed {

@@ -47,6 +47,7 @@ pub fn open_app_state_with(settings: &Settings, detectors: bool) -> Result<web::
         admin: Default::default(),
         ingest_limits: settings.ingest.clone(),
         ingest: Default::default(),
+        forward: Default::default(),
     }))
 }
 
@@ -62,7 +63,8 @@ pub fn run(mut settings: Settings, demo: bool) -> Result<()> {
     let data = open_app_state_with(&settings, true)?;
     let store = data.store.clone();
     spawn_housekeeping(data.state.clone());
-    let forwarders = crate::forward::start(&settings.forward, &store, data.state.clone())?;
+    let forwarders =
+        crate::forward::start(&settings.forward, &store, data.state.clone(), &data.forward)?;
 
     let app_data = data.clone();
     let server = HttpServer::new(move || {
