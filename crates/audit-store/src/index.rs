@@ -163,8 +163,27 @@ fn create_indexes(conn: &Connection) -> Result<(), StoreError> {
 }
 
 /// Opens the index of `cfg`'s record (creating or rebuilding it as needed) with the
-/// record attached read-only as `rec`.
+/// record attached read-only as `rec`. A damaged index file is derived data: it is
+/// set aside and rebuilt, never a reason not to start.
 pub(crate) fn open(cfg: &StoreConfig) -> Result<Connection, StoreError> {
+    match open_as_is(cfg) {
+        Err(StoreError::Sqlite(e)) if is_damaged(&e) => {
+            tracing::warn!(path = %cfg.index_path().display(), error = %e, "the audit index is damaged; rebuilding it from the record");
+            remove_files(&cfg.index_path())?;
+            open_as_is(cfg)
+        }
+        r => r,
+    }
+}
+
+fn is_damaged(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::NotADatabase | rusqlite::ErrorCode::DatabaseCorrupt)
+    )
+}
+
+fn open_as_is(cfg: &StoreConfig) -> Result<Connection, StoreError> {
     let path = cfg.index_path();
     let mut conn = open_conn(&path)?;
     let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;

@@ -74,6 +74,27 @@ fn a_deleted_index_is_rebuilt_from_the_record_with_the_same_answers() {
 }
 
 #[test]
+fn a_damaged_index_file_is_rebuilt_and_the_store_still_opens() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = cfg(dir.path());
+    let store = AuditStore::open(c.clone()).unwrap();
+    write(&store, 0..300);
+    store.index_now().unwrap();
+    let before = answers(&store.reader().unwrap());
+    store.shutdown().unwrap();
+
+    std::fs::write(
+        c.index_path(),
+        b"not a database, just bytes on disk".repeat(200),
+    )
+    .unwrap();
+    let store = AuditStore::open(c.clone()).unwrap();
+    assert_eq!(store.index_now().unwrap(), 300);
+    assert_eq!(answers(&store.reader().unwrap()), before);
+    store.shutdown().unwrap();
+}
+
+#[test]
 fn an_index_of_another_record_is_rebuilt_not_trusted() {
     let dir = tempfile::tempdir().unwrap();
     let c = cfg(dir.path());

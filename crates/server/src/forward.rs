@@ -273,32 +273,30 @@ impl ForwardStatus {
                 f.failures.load(Ordering::Relaxed)
             );
         }
+        let per_stream =
+            |out: &mut String, series: &str, value: &dyn Fn(&ForwarderStats, usize) -> i64| {
+                for f in list.iter() {
+                    for (i, stream) in STREAM_NAMES.iter().enumerate() {
+                        // A negative backlog marks a stream this forwarder does not send.
+                        if f.backlog[i].load(Ordering::Relaxed) >= 0 {
+                            let _ = writeln!(
+                                out,
+                                "{series}{{forwarder=\"{}\",stream=\"{stream}\"}} {}",
+                                f.name,
+                                value(f, i)
+                            );
+                        }
+                    }
+                }
+            };
         out.push_str("# HELP tokenwatch_forward_sent_total Messages delivered to the collector.\n# TYPE tokenwatch_forward_sent_total counter\n");
-        for f in list.iter() {
-            for (i, stream) in STREAM_NAMES.iter().enumerate() {
-                if f.backlog[i].load(Ordering::Relaxed) >= 0 {
-                    let _ = writeln!(
-                        out,
-                        "tokenwatch_forward_sent_total{{forwarder=\"{}\",stream=\"{stream}\"}} {}",
-                        f.name,
-                        f.sent[i].load(Ordering::Relaxed)
-                    );
-                }
-            }
-        }
+        per_stream(&mut out, "tokenwatch_forward_sent_total", &|f, i| {
+            i64::try_from(f.sent[i].load(Ordering::Relaxed)).unwrap_or(i64::MAX)
+        });
         out.push_str("# HELP tokenwatch_forward_backlog Records in the audit store not yet delivered.\n# TYPE tokenwatch_forward_backlog gauge\n");
-        for f in list.iter() {
-            for (i, stream) in STREAM_NAMES.iter().enumerate() {
-                let b = f.backlog[i].load(Ordering::Relaxed);
-                if b >= 0 {
-                    let _ = writeln!(
-                        out,
-                        "tokenwatch_forward_backlog{{forwarder=\"{}\",stream=\"{stream}\"}} {b}",
-                        f.name
-                    );
-                }
-            }
-        }
+        per_stream(&mut out, "tokenwatch_forward_backlog", &|f, i| {
+            f.backlog[i].load(Ordering::Relaxed)
+        });
         out
     }
 }
