@@ -60,6 +60,12 @@ pub struct StoreConfig {
     /// index. Queries are exact at any lag (they read unindexed rows from the record);
     /// longer means bigger, cheaper passes and slower filtered queries meanwhile.
     pub index_refresh: Duration,
+    /// A burst: events committing faster than this many per second. During a burst the
+    /// indexer stands aside (the CPU goes to the requests waiting on their commits) ...
+    pub index_burst_rate: u64,
+    /// ... until the index is this many events behind; then it indexes whatever the
+    /// rate, so the unindexed tail a query must scan stays bounded.
+    pub index_burst_max_lag: i64,
 }
 
 impl StoreConfig {
@@ -85,6 +91,8 @@ impl StoreConfig {
             retention_interval: Duration::from_secs(3600),
             security_log_dir: None,
             index_refresh: Duration::from_millis(100),
+            index_burst_rate: 20_000,
+            index_burst_max_lag: 500_000,
         }
     }
 }

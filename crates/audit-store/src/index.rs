@@ -262,6 +262,40 @@ struct Indexer {
     conn: Connection,
     progress: Arc<IndexProgress>,
     refresh: Duration,
+    burst: Burst,
+}
+
+/// Tells a burst of commits, during which the indexer waits while its lag is bounded:
+/// the writer and the requests waiting on it get the CPU, and the pass that follows
+/// is larger, so each index page it touches serves more events.
+struct Burst {
+    rate: u64,
+    max_lag: i64,
+    sampled: Instant,
+    sampled_latest: i64,
+}
+
+impl Burst {
+    fn new(rate: u64, max_lag: i64) -> Self {
+        Burst {
+            rate,
+            max_lag,
+            sampled: Instant::now(),
+            sampled_latest: 0,
+        }
+    }
+
+    /// Whether to put the next pass off, given the newest committed id and the
+    /// watermark. Measures the commit rate since the previous call.
+    fn defer(&mut self, latest: i64, indexed: i64) -> bool {
+        let now = Instant::now();
+        let secs = now.duration_since(self.sampled).as_secs_f64();
+        let committed = (latest - self.sampled_latest).max(0) as f64;
+        self.sampled = now;
+        self.sampled_latest = latest;
+        let rate = if secs > 0.0 { committed / secs } else { 0.0 };
+        rate >= self.rate as f64 && latest - indexed < self.max_lag
+    }
 }
 
 impl Indexer {
@@ -375,7 +409,9 @@ impl Indexer {
             self.failed(&e);
         }
         loop {
-            if self.pass() >= CHUNK {
+            let copied = self.pass();
+            let w = self.progress.indexed_id.load(Ordering::Relaxed);
+            if copied >= CHUNK && !self.burst.defer(watch.latest(), w) {
                 // Behind by more than a chunk: keep going, but still answer requests.
                 match ctl.try_recv() {
                     Ok(Ctl::Sync(ack)) => drop(ack.send(self.sync_to(watch.latest()))),
@@ -392,7 +428,11 @@ impl Indexer {
                 watch.wait_for_commit_after(w, Duration::from_millis(250));
                 match ctl.recv_timeout(self.refresh) {
                     Ok(Ctl::Sync(ack)) => drop(ack.send(self.sync_to(watch.latest()))),
-                    Err(RecvTimeoutError::Timeout) => break,
+                    Err(RecvTimeoutError::Timeout) => {
+                        if !self.burst.defer(watch.latest(), w) {
+                            break;
+                        }
+                    }
                     Err(RecvTimeoutError::Disconnected) => {
                         // The store is closing: a last pass, so the index is current.
                         self.pass();
@@ -492,6 +532,7 @@ pub(crate) fn spawn(
         conn,
         progress,
         refresh: cfg.index_refresh,
+        burst: Burst::new(cfg.index_burst_rate, cfg.index_burst_max_lag),
     };
     let (w, _) = indexer.state()?;
     indexer.progress.indexed_id.store(w, Ordering::Relaxed);
@@ -516,6 +557,20 @@ mod tests {
             path_for(Path::new("/d/audit.db")),
             PathBuf::from("/d/audit-index.db")
         );
+    }
+
+    #[test]
+    fn a_burst_defers_passes_only_while_the_lag_is_bounded() {
+        let mut b = Burst::new(20_000, 500_000);
+        b.sampled = Instant::now() - Duration::from_millis(100);
+        // 10 000 commits in 100 ms: 100 000 events/s, index 10 000 behind: wait.
+        assert!(b.defer(10_000, 0));
+        b.sampled = Instant::now() - Duration::from_millis(100);
+        // Another 10 000 in 100 ms, but the index is 500 000 behind: index now.
+        assert!(!b.defer(20_000, 20_000 - 500_000));
+        b.sampled = Instant::now() - Duration::from_millis(100);
+        // 100 commits in 100 ms (1 000/s) is no burst: index now.
+        assert!(!b.defer(20_100, 20_000));
     }
 
     #[test]
