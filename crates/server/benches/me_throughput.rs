@@ -71,19 +71,40 @@ fn main() {
             let mut bare_rates = Vec::new();
             let before = data.store.health().events_committed;
             // Interleave the two so drift on a noisy machine hits both alike.
+            let mut audited_cpu = Vec::new();
+            let mut bare_cpu = Vec::new();
             for _ in 0..2 {
-                bare_rates.push(load(bare, &token, seconds, connections));
-                audited_rates.push(load(audited, &token, seconds, connections));
+                let (rate, cpu) = load(bare, &token, seconds, connections);
+                bare_rates.push(rate);
+                bare_cpu.push(cpu);
+                let (rate, cpu) = load(audited, &token, seconds, connections);
+                audited_rates.push(rate);
+                audited_cpu.push(cpu);
             }
             let a = median(&mut audited_rates);
             let b = median(&mut bare_rates);
+            let (ac, bc) = (min(&audited_cpu), min(&bare_cpu));
             println!(
-                "{alg} synchronous={sync:<6} connections={connections:<4} audited={a:>9.0} req/s  bare={b:>9.0} req/s  ratio={:.2}  (events committed: {})",
+                "{alg} synchronous={sync:<6} connections={connections:<4} audited={a:>9.0} req/s  bare={b:>9.0} req/s  ratio={:.2}  | CPU per request: audited={ac:.1} µs bare={bc:.1} µs  bare/audited={:.2}  (events committed: {})",
                 a / b,
+                bc / ac,
                 data.store.health().events_committed - before
             );
         }
     }
+}
+
+fn min(v: &[f64]) -> f64 {
+    v.iter().copied().fold(f64::INFINITY, f64::min)
+}
+
+/// CPU time (user + system) this whole process has used: server and clients alike.
+fn process_cpu_us() -> f64 {
+    // SAFETY: getrusage only writes the struct it is given.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };
+    let us = |t: libc::timeval| t.tv_sec as f64 * 1e6 + t.tv_usec as f64;
+    us(u.ru_utime) + us(u.ru_stime)
 }
 
 fn median(v: &mut [f64]) -> f64 {
@@ -124,9 +145,14 @@ fn start_servers(data: web::Data<tokenwatch::app::AppState>) -> (SocketAddr, Soc
 }
 
 /// Keep-alive HTTP/1.1 clients, one thread per connection, for `seconds`.
+/// Requests per second, and CPU time of the whole process (server, audit threads and
+/// client threads) per request over the same window: on a machine shared with other
+/// work the second moves far less than the first, and with the CPU saturated the
+/// throughput ratio tends to the inverse ratio of CPU per request.
+///
 /// Both sides get the same request bytes, token included (the bare route ignores it),
 /// so the ratio is the cost of authenticating and auditing, not of a longer request.
-fn load(addr: SocketAddr, token: &str, seconds: u64, connections: usize) -> f64 {
+fn load(addr: SocketAddr, token: &str, seconds: u64, connections: usize) -> (f64, f64) {
     let request = format!("GET /api/v1/me HTTP/1.1\r\nHost: bench\r\nUser-Agent: bench\r\nAuthorization: Bearer {token}\r\n\r\n");
     let stop = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicU64::new(0));
@@ -169,12 +195,14 @@ fn load(addr: SocketAddr, token: &str, seconds: u64, connections: usize) -> f64 
     std::thread::sleep(Duration::from_millis(500));
     let start_count = done.load(Ordering::Relaxed);
     let start = Instant::now();
+    let start_cpu = process_cpu_us();
     std::thread::sleep(Duration::from_secs(seconds));
     let n = done.load(Ordering::Relaxed) - start_count;
+    let cpu = process_cpu_us() - start_cpu;
     let rate = n as f64 / start.elapsed().as_secs_f64();
     stop.store(true, Ordering::Relaxed);
     for t in threads {
         let _ = t.join();
     }
-    rate
+    (rate, cpu / n as f64)
 }
