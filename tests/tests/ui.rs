@@ -736,3 +736,115 @@ fn console_security_over_http() {
         }
     }
 }
+
+/// POSTs one NDJSON event to the ingest API with `key`; returns the status.
+fn ingest_one(s: &Server, key: &str) -> u16 {
+    http()
+        .post(s.url("/api/v1/events"))
+        .header("Authorization", format!("Bearer {key}"))
+        .header("Content-Type", "application/x-ndjson")
+        .body(r#"{"kind":"token.verified","outcome":"success","subject":"u-1"}"#)
+        .send()
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+#[test]
+fn ingest_sources_are_added_and_revoked_from_the_console_while_serving() {
+    let (_tmp, s) = server_with_users();
+    let mut admin = Console::new(&s);
+    assert_eq!(admin.login("admin", ADMIN_PW).status(), 303);
+    let mut analyst = Console::new(&s);
+    assert_eq!(analyst.login("analyst", ANALYST_PW).status(), 303);
+
+    // An analyst sees the page but cannot add a source.
+    assert_eq!(analyst.get("/admin/sources").status(), 200);
+    let csrf = analyst.csrf.clone();
+    let denied = analyst.post("/admin/sources", &[("csrf", &csrf), ("name", "sneaky")]);
+    assert_eq!(denied.status(), 403);
+
+    // The admin adds one; the key is on that answer only.
+    let no_csrf = admin.post("/admin/sources", &[("name", "billing-api")]);
+    assert_eq!(no_csrf.status(), 403);
+    let csrf = admin.csrf.clone();
+    let added = admin.post(
+        "/admin/sources",
+        &[("csrf", &csrf), ("name", "billing-api")],
+    );
+    assert_eq!(added.status(), 200);
+    assert_eq!(added.headers()["cache-control"], "no-store");
+    let page = added.text().unwrap();
+    let at = page.find("twk_").expect("the new key on the page");
+    let key: String = page[at..]
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '-')
+        .collect();
+    assert!(key.len() > 40, "{key}");
+    let listing = admin.get("/admin/sources").text().unwrap();
+    assert!(listing.contains("billing-api") && listing.contains("active"));
+    assert!(!listing.contains(&key), "a listing never shows a key again");
+    let dup = admin.post(
+        "/admin/sources",
+        &[("csrf", &csrf), ("name", "billing-api")],
+    );
+    assert_eq!(dup.status(), 400);
+    assert!(dup.text().unwrap().contains("already exists"));
+
+    // The running server takes the key at once, and refuses it once revoked.
+    assert_eq!(ingest_one(&s, &key), 200);
+    let path = "/admin/sources/billing-api/revoke";
+    let csrf = analyst.csrf.clone();
+    assert_eq!(analyst.post(path, &[("csrf", &csrf)]).status(), 403);
+    assert_eq!(
+        ingest_one(&s, &key),
+        200,
+        "an analyst's refused revoke changed nothing"
+    );
+    let csrf = admin.csrf.clone();
+    let revoked = admin.post(path, &[("csrf", &csrf)]);
+    assert_eq!(revoked.status(), 303);
+    assert_eq!(ingest_one(&s, &key), 401);
+    assert!(admin
+        .get("/admin/sources")
+        .text()
+        .unwrap()
+        .contains("revoked"));
+
+    // Each change is audited, by whom, without the key.
+    let r = audit_reader(&s);
+    let actions: Vec<StoredEvent> = all_events(
+        &r,
+        &EventFilter {
+            kind: Some("admin.action".into()),
+            ..Default::default()
+        },
+    );
+    let did = |action: &str, outcome: Outcome| {
+        actions.iter().any(|e| {
+            e.detail["action"] == action
+                && e.outcome == outcome
+                && (outcome == Outcome::Failure || e.detail["source"] == "billing-api")
+        })
+    };
+    assert!(did("source.add", Outcome::Success));
+    assert!(did("source.revoke", Outcome::Success));
+    assert!(did("source.add", Outcome::Failure), "the analyst's refusal");
+    assert!(
+        did("source.revoke", Outcome::Failure),
+        "the analyst's refusal"
+    );
+    let admin_revoke = actions
+        .iter()
+        .find(|e| e.detail["action"] == "source.revoke" && e.outcome == Outcome::Success)
+        .unwrap();
+    assert_eq!(admin_revoke.username.as_deref(), Some("admin"));
+    s.stop();
+    for (file, bytes) in tokenwatch_e2e::all_file_bytes(&_tmp.path().join("data")) {
+        assert!(
+            !tokenwatch_e2e::contains(&bytes, key.as_bytes()),
+            "the key is stored in {}",
+            file.display()
+        );
+    }
+}

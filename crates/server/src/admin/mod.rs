@@ -16,6 +16,7 @@ mod exceptions;
 pub mod pages;
 pub mod reports;
 pub mod session;
+mod sources;
 
 use actix_web::http::{header, StatusCode};
 use actix_web::middleware::DefaultHeaders;
@@ -76,6 +77,9 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             )
             .route("/exceptions/{id}/edit", web::post().to(exceptions::edit))
             .route("/lockouts/lift", web::post().to(exceptions::lift))
+            .route("/sources", web::get().to(sources::list))
+            .route("/sources", web::post().to(sources::add))
+            .route("/sources/{name}/revoke", web::post().to(sources::revoke))
             .route("/reports", web::get().to(reports::form))
             .route("/reports/download", web::get().to(reports::download))
             .route("/reports/manifest", web::get().to(reports::manifest))
