@@ -70,33 +70,34 @@ fn main() {
             let mut audited_rates = Vec::new();
             let mut bare_rates = Vec::new();
             let before = data.store.health().events_committed;
-            // Interleave the two so drift on a noisy machine hits both alike.
-            let mut audited_cpu = Vec::new();
-            let mut bare_cpu = Vec::new();
-            for _ in 0..2 {
-                let (rate, cpu) = load(bare, &token, seconds, connections);
-                bare_rates.push(rate);
-                bare_cpu.push(cpu);
-                let (rate, cpu) = load(audited, &token, seconds, connections);
-                audited_rates.push(rate);
-                audited_cpu.push(cpu);
+            // Interleaved rounds, so drift on a noisy machine hits both alike; each
+            // round's ratio pairs two measurements seconds apart.
+            let mut ratios = Vec::new();
+            let mut cpu_ratios = Vec::new();
+            for _ in 0..ROUNDS {
+                let (b, b_cpu) = load(bare, &token, seconds, connections);
+                let (a, a_cpu) = load(audited, &token, seconds, connections);
+                bare_rates.push(b);
+                audited_rates.push(a);
+                ratios.push(a / b);
+                cpu_ratios.push(b_cpu / a_cpu);
             }
             let a = median(&mut audited_rates);
             let b = median(&mut bare_rates);
-            let (ac, bc) = (min(&audited_cpu), min(&bare_cpu));
+            let ratio = median(&mut ratios); // sorts: first and last are the extremes
             println!(
-                "{alg} synchronous={sync:<6} connections={connections:<4} audited={a:>9.0} req/s  bare={b:>9.0} req/s  ratio={:.2}  | CPU per request: audited={ac:.1} µs bare={bc:.1} µs  bare/audited={:.2}  (events committed: {})",
-                a / b,
-                bc / ac,
+                "{alg} synchronous={sync:<6} connections={connections:<4} audited={a:>9.0} req/s  bare={b:>9.0} req/s  ratio={ratio:.2} (rounds {:.2}..{:.2})  CPU per request bare/audited={:.2}  (events committed: {})",
+                ratios[0],
+                ratios[ROUNDS - 1],
+                median(&mut cpu_ratios),
                 data.store.health().events_committed - before
             );
         }
     }
 }
 
-fn min(v: &[f64]) -> f64 {
-    v.iter().copied().fold(f64::INFINITY, f64::min)
-}
+/// Rounds per connection count; medians are reported.
+const ROUNDS: usize = 3;
 
 /// CPU time (user + system) this whole process has used: server and clients alike.
 fn process_cpu_us() -> f64 {

@@ -153,11 +153,19 @@ where
         if let Some(hook) = &self.config.on_event {
             hook(&event);
         }
-        let audit = self.config.audit.clone();
+        // Queued now, awaited below: the boxed future then holds a small handle instead
+        // of the event (224 bytes instead of 1 216). From 1 KiB up, each allocation of
+        // it made glibc's malloc consolidate its free lists, once per request.
+        let recorded = self.config.audit.submit(event);
+        let decision = decision.map(Arc::new).map_err(|r| r.map(Box::new));
         let inner = self.inner.clone();
         let realm = self.config.realm;
-        Box::pin(async move {
-            if let Err(e) = audit.record(event).await {
+        let fut = async move {
+            let recorded = match recorded {
+                Ok(ack) => ack.await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = recorded {
                 tracing::error!(error = %e, "access decision could not be audited; failing closed");
                 let resp = HttpResponse::ServiceUnavailable()
                     .json(json!({ "error": "temporarily_unavailable", "error_description": "the audit store cannot record this request" }));
@@ -165,8 +173,7 @@ where
             }
             match decision {
                 Ok(verified) => {
-                    req.extensions_mut()
-                        .insert(Authenticated(Arc::new(verified)));
+                    req.extensions_mut().insert(Authenticated(verified));
                     inner
                         .call(req)
                         .await
@@ -194,6 +201,7 @@ where
                     Ok(req.into_response(resp).map_into_right_body())
                 }
             }
-        })
+        };
+        Box::pin(fut)
     }
 }
