@@ -265,7 +265,7 @@ struct Indexer {
     burst: Burst,
 }
 
-/// Tells a burst of commits, during which the indexer waits while its lag is bounded:
+/// Detects a burst of commits, during which the indexer waits while its lag is bounded:
 /// the writer and the requests waiting on it get the CPU, and the pass that follows
 /// is larger, so each index page it touches serves more events.
 struct Burst {
@@ -276,12 +276,14 @@ struct Burst {
 }
 
 impl Burst {
-    fn new(rate: u64, max_lag: i64) -> Self {
+    /// `latest`: the newest committed id now, so that what was committed before the
+    /// indexer started does not count as a burst.
+    fn new(rate: u64, max_lag: i64, latest: i64) -> Self {
         Burst {
             rate,
             max_lag,
             sampled: Instant::now(),
-            sampled_latest: 0,
+            sampled_latest: latest,
         }
     }
 
@@ -532,7 +534,11 @@ pub(crate) fn spawn(
         conn,
         progress,
         refresh: cfg.index_refresh,
-        burst: Burst::new(cfg.index_burst_rate, cfg.index_burst_max_lag),
+        burst: Burst::new(
+            cfg.index_burst_rate,
+            cfg.index_burst_max_lag,
+            watch.latest(),
+        ),
     };
     let (w, _) = indexer.state()?;
     indexer.progress.indexed_id.store(w, Ordering::Relaxed);
@@ -561,7 +567,7 @@ mod tests {
 
     #[test]
     fn a_burst_defers_passes_only_while_the_lag_is_bounded() {
-        let mut b = Burst::new(20_000, 500_000);
+        let mut b = Burst::new(20_000, 500_000, 0);
         b.sampled = Instant::now() - Duration::from_millis(100);
         // 10 000 commits in 100 ms: 100 000 events/s, index 10 000 behind: wait.
         assert!(b.defer(10_000, 0));
