@@ -8,7 +8,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::session::{self, expired_cookie, is_https, Console, LOGIN_CSRF_COOKIE};
-use super::{admin_event, html, AdminError};
+use super::{admin_event, html, record_action, AdminError, CsrfForm};
 use crate::app::Data;
 use crate::passwords;
 use crate::request_meta::{truncate, RequestMeta};
@@ -27,12 +27,6 @@ pub struct LoginForm {
     password: String,
     #[serde(default)]
     csrf: String,
-}
-
-#[derive(Deserialize)]
-pub struct CsrfForm {
-    #[serde(default)]
-    pub csrf: String,
 }
 
 /// The login form. A login CSRF token (double-submit: cookie and form field)
@@ -165,10 +159,7 @@ pub async fn logout(
 ) -> Result<HttpResponse, AdminError> {
     who.check_csrf(&form.csrf)?;
     data.admin.end_session(&who.session_id);
-    let meta = RequestMeta::from_request(&req);
-    let ev = admin_event(&meta, kinds::ADMIN_ACTION, Outcome::Success, who.username())
-        .with_detail(json!({ "action": "logout" }));
-    data.record(ev).await?;
+    record_action(&data, &req, &who, json!({ "action": "logout" })).await?;
     let mut resp = redirect("/admin/login");
     resp.add_removal_cookie(&expired_cookie(session::SESSION_COOKIE))
         .map_err(|e| AdminError::Internal(e.to_string()))?;

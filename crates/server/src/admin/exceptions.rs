@@ -3,15 +3,14 @@
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use askama::Template;
-use audit_store::{kinds, Outcome};
 use serde::Deserialize;
 use serde_json::json;
 
 use super::auth::redirect;
 use super::pages::{check_csrf, require_admin, PageCtx};
-use super::{admin_event, html, show_time, AdminError, Console};
+use super::{html, record_action, show_time, AdminError, Console, CsrfForm};
 use crate::app::Data;
-use crate::request_meta::{truncate, RequestMeta};
+use crate::request_meta::truncate;
 use crate::response::NewException;
 use crate::state::now_secs;
 
@@ -161,26 +160,22 @@ pub async fn add(
         created_by: who.username().to_owned(),
         expires_at: (hours > 0).then(|| now_secs() + hours.saturating_mul(3600)),
     };
-    let meta = RequestMeta::from_request(&req);
-    let ev = admin_event(&meta, kinds::ADMIN_ACTION, Outcome::Success, who.username()).with_detail(
+    record_action(
+        &data,
+        &req,
+        &who,
         json!({
             "action": "exception.add", "detector": new.detector, "user": new.user,
             "ip": new.ip, "reason": new.reason, "expires_at": new.expires_at,
             "alert": opt(&form.alert),
         }),
-    );
-    data.record(ev).await?;
+    )
+    .await?;
     let state = data.state.clone();
     web::block(move || state.add_exception(&new))
         .await?
         .map_err(|e| AdminError::BadRequest(e.to_string()))?;
     Ok(redirect("/admin/exceptions"))
-}
-
-#[derive(Deserialize)]
-pub struct CsrfForm {
-    #[serde(default)]
-    csrf: String,
 }
 
 pub async fn expire(
@@ -192,10 +187,13 @@ pub async fn expire(
 ) -> Result<HttpResponse, AdminError> {
     check_csrf(&data, &req, &who, &form.csrf).await?;
     let id = id.into_inner();
-    let meta = RequestMeta::from_request(&req);
-    let ev = admin_event(&meta, kinds::ADMIN_ACTION, Outcome::Success, who.username())
-        .with_detail(json!({ "action": "exception.expire", "exception_id": id }));
-    data.record(ev).await?;
+    record_action(
+        &data,
+        &req,
+        &who,
+        json!({ "action": "exception.expire", "exception_id": id }),
+    )
+    .await?;
     let state = data.state.clone();
     web::block(move || state.revoke_exception(id)).await??;
     Ok(redirect("/admin/exceptions"))
@@ -228,14 +226,16 @@ pub async fn edit(
     };
     let reason = truncate(form.reason.trim(), 2000);
     let expires_at = (hours > 0).then(|| now_secs() + hours.saturating_mul(3600));
-    let meta = RequestMeta::from_request(&req);
-    let ev = admin_event(&meta, kinds::ADMIN_ACTION, Outcome::Success, who.username()).with_detail(
+    record_action(
+        &data,
+        &req,
+        &who,
         json!({
             "action": "exception.edit", "exception_id": id, "reason": reason,
             "expires_at": expires_at,
         }),
-    );
-    data.record(ev).await?;
+    )
+    .await?;
     let state = data.state.clone();
     let changed = web::block(move || state.update_exception(id, &reason, expires_at))
         .await?
@@ -266,10 +266,13 @@ pub async fn lift(
     check_csrf(&data, &req, &who, &form.csrf).await?;
     require_admin(&data, &req, &who, "lockout.lift").await?;
     let form = form.into_inner();
-    let meta = RequestMeta::from_request(&req);
-    let ev = admin_event(&meta, kinds::ADMIN_ACTION, Outcome::Success, who.username())
-        .with_detail(json!({ "action": "lockout.lift", "kind": form.kind, "key": form.key }));
-    data.record(ev).await?;
+    record_action(
+        &data,
+        &req,
+        &who,
+        json!({ "action": "lockout.lift", "kind": form.kind, "key": form.key }),
+    )
+    .await?;
     let state = data.state.clone();
     web::block(move || state.lift_lockout(&form.kind, &form.key)).await??;
     Ok(redirect("/admin/exceptions"))

@@ -198,6 +198,34 @@ pub fn admin_event(meta: &RequestMeta, kind: &str, outcome: Outcome, who: &str) 
     ev
 }
 
+/// A console POST whose only field is the CSRF token.
+#[derive(serde::Deserialize)]
+pub struct CsrfForm {
+    #[serde(default)]
+    pub csrf: String,
+}
+
+/// Records a console action by `who` (`detail` names it under `"action"`) as an
+/// `admin.action` success. Called before the action: one that cannot be audited is
+/// not done.
+pub async fn record_action(
+    data: &crate::app::Data,
+    req: &actix_web::HttpRequest,
+    who: &Console,
+    detail: serde_json::Value,
+) -> Result<(), AdminError> {
+    let meta = RequestMeta::from_request(req);
+    let ev = admin_event(
+        &meta,
+        audit_store::kinds::ADMIN_ACTION,
+        Outcome::Success,
+        who.username(),
+    )
+    .with_detail(detail);
+    data.record(ev).await?;
+    Ok(())
+}
+
 /// UTC `YYYY-MM-DD HH:MM:SS` for display.
 pub fn show_time(us: i64) -> String {
     let full = audit_store::rfc3339_us(us);

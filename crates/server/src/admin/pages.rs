@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::auth::redirect;
-use super::{admin_event, html, now_us, parse_time, show_time, AdminError, Console};
+use super::{admin_event, html, now_us, parse_time, record_action, show_time, AdminError, Console};
 use crate::app::Data;
 use crate::request_meta::RequestMeta;
 
@@ -779,14 +779,16 @@ pub async fn alert_status(
         return Err(AdminError::NotFound);
     }
     let note = crate::request_meta::truncate(form.note.trim(), 2000);
-    let meta = RequestMeta::from_request(&req);
     // Recorded first: an action that cannot be audited is not done.
-    let ev = admin_event(&meta, kinds::ADMIN_ACTION, Outcome::Success, who.username()).with_detail(
+    record_action(
+        &data,
+        &req,
+        &who,
         json!({
             "action": "alert.status", "alert_id": id, "status": status.as_str(), "note": note,
         }),
-    );
-    data.record(ev).await?;
+    )
+    .await?;
     let writer = data.audit.clone();
     let actor = who.username().to_owned();
     web::block(move || {
@@ -885,10 +887,13 @@ pub async fn plugin_action(
         return Err(AdminError::NotFound);
     }
     require_admin(&data, &req, &who, &format!("plugin.{action}")).await?;
-    let meta = RequestMeta::from_request(&req);
-    let ev = admin_event(&meta, kinds::ADMIN_ACTION, Outcome::Success, who.username())
-        .with_detail(json!({ "action": format!("plugin.{action}"), "plugin": name }));
-    data.record(ev).await?;
+    record_action(
+        &data,
+        &req,
+        &who,
+        json!({ "action": format!("plugin.{action}"), "plugin": name }),
+    )
+    .await?;
     let host_data = data.clone();
     let n = name.clone();
     let result = web::block(move || {

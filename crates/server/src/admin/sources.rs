@@ -4,15 +4,13 @@
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use askama::Template;
-use audit_store::{kinds, Outcome};
 use serde::Deserialize;
 use serde_json::json;
 
 use super::auth::redirect;
 use super::pages::{check_csrf, require_admin, PageCtx};
-use super::{admin_event, html, show_time, AdminError, Console};
+use super::{html, record_action, show_time, AdminError, Console, CsrfForm};
 use crate::app::Data;
-use crate::request_meta::RequestMeta;
 
 pub struct SourceRow {
     name: String,
@@ -75,22 +73,19 @@ pub async fn add(
     check_csrf(&data, &req, &who, &form.csrf).await?;
     require_admin(&data, &req, &who, "source.add").await?;
     let name = form.name.trim().to_owned();
-    let meta = RequestMeta::from_request(&req);
-    let ev = admin_event(&meta, kinds::ADMIN_ACTION, Outcome::Success, who.username())
-        .with_detail(json!({ "action": "source.add", "source": name }));
-    data.record(ev).await?;
+    record_action(
+        &data,
+        &req,
+        &who,
+        json!({ "action": "source.add", "source": name }),
+    )
+    .await?;
     let state = data.state.clone();
     let for_state = name.clone();
     let key = web::block(move || state.add_source(&for_state))
         .await?
         .map_err(|e| AdminError::BadRequest(e.to_string()))?;
     page(&data, &who, Some((name, key))).await
-}
-
-#[derive(Deserialize)]
-pub struct CsrfForm {
-    #[serde(default)]
-    csrf: String,
 }
 
 pub async fn revoke(
@@ -103,10 +98,13 @@ pub async fn revoke(
     check_csrf(&data, &req, &who, &form.csrf).await?;
     require_admin(&data, &req, &who, "source.revoke").await?;
     let name = name.into_inner();
-    let meta = RequestMeta::from_request(&req);
-    let ev = admin_event(&meta, kinds::ADMIN_ACTION, Outcome::Success, who.username())
-        .with_detail(json!({ "action": "source.revoke", "source": name }));
-    data.record(ev).await?;
+    record_action(
+        &data,
+        &req,
+        &who,
+        json!({ "action": "source.revoke", "source": name }),
+    )
+    .await?;
     let state = data.state.clone();
     let for_state = name.clone();
     if !web::block(move || state.revoke_source(&for_state)).await?? {
