@@ -20,6 +20,9 @@ use actix_web::{web, App, HttpResponse, HttpServer};
 use token_core::AccessRequest;
 use tokenwatch::config::{FileConfig, Overrides, Settings};
 
+#[path = "support/cpu.rs"]
+mod cpu;
+
 fn main() {
     let args: Vec<String> = std::env::args()
         .skip(1)
@@ -67,46 +70,48 @@ fn main() {
 
         let (audited, bare) = start_servers(data.clone());
         for &connections in &sweep {
-            let mut audited_rates = Vec::new();
-            let mut bare_rates = Vec::new();
             let before = data.store.health().events_committed;
             // Interleaved rounds, so drift on a noisy machine hits both alike; each
             // round's ratio pairs two measurements seconds apart.
-            let mut ratios = Vec::new();
-            let mut cpu_ratios = Vec::new();
+            let mut rounds = Vec::new();
+            let mut index_us_per_event = Vec::new();
             for _ in 0..ROUNDS {
-                let (b, b_cpu) = load(bare, &token, seconds, connections);
-                let (a, a_cpu) = load(audited, &token, seconds, connections);
-                bare_rates.push(b);
-                audited_rates.push(a);
-                ratios.push(a / b);
-                cpu_ratios.push(b_cpu / a_cpu);
+                let b = load(bare, &token, seconds, connections);
+                let a = load(audited, &token, seconds, connections);
+                // The query index stands aside during a burst of commits. Catching it
+                // up here keeps that work out of the next bare round, and measures
+                // what the audited round left to do.
+                let cpu_before = cpu::process_us();
+                data.store.index_now().expect("index catch-up");
+                index_us_per_event.push((cpu::process_us() - cpu_before) / a.requests);
+                rounds.push((a, b));
             }
-            let a = median(&mut audited_rates);
-            let b = median(&mut bare_rates);
-            let ratio = median(&mut ratios); // sorts: first and last are the extremes
+            // The round with the median ratio is the one reported, whole.
+            rounds.sort_by(|x, y| (x.0.rate / x.1.rate).total_cmp(&(y.0.rate / y.1.rate)));
+            let (lo, hi) = (
+                rounds[0].0.rate / rounds[0].1.rate,
+                rounds[ROUNDS - 1].0.rate / rounds[ROUNDS - 1].1.rate,
+            );
+            let (a, b) = &rounds[ROUNDS / 2];
             println!(
-                "{alg} synchronous={sync:<6} connections={connections:<4} audited={a:>9.0} req/s  bare={b:>9.0} req/s  ratio={ratio:.2} (rounds {:.2}..{:.2})  CPU per request bare/audited={:.2}  (events committed: {})",
-                ratios[0],
-                ratios[ROUNDS - 1],
-                median(&mut cpu_ratios),
+                "{alg} synchronous={sync:<6} connections={connections:<4} audited={:>7.0} req/s  bare={:>7.0} req/s  ratio={:.2} (rounds {lo:.2}..{hi:.2})  CPU per request: bare {:.1} µs, audited {:.1} µs (bare/audited {:.2}), then index catch-up {:.1} µs/event  (events committed: {})",
+                a.rate,
+                b.rate,
+                a.rate / b.rate,
+                b.cpu_per_request,
+                a.cpu_per_request,
+                b.cpu_per_request / a.cpu_per_request,
+                median(&mut index_us_per_event),
                 data.store.health().events_committed - before
             );
+            println!("    µs per request by thread  bare: {}", b.threads);
+            println!("                           audited: {}", a.threads);
         }
     }
 }
 
 /// Rounds per connection count; medians are reported.
 const ROUNDS: usize = 3;
-
-/// CPU time (user + system) this whole process has used: server and clients alike.
-fn process_cpu_us() -> f64 {
-    // SAFETY: getrusage only writes the struct it is given.
-    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
-    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };
-    let us = |t: libc::timeval| t.tv_sec as f64 * 1e6 + t.tv_usec as f64;
-    us(u.ru_utime) + us(u.ru_stime)
-}
 
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
@@ -119,18 +124,27 @@ fn start_servers(data: web::Data<tokenwatch::app::AppState>) -> (SocketAddr, Soc
         let sys = actix_web::rt::System::new();
         sys.block_on(async move {
             let d = data.clone();
-            let audited = HttpServer::new(move || App::new().configure(|cfg| tokenwatch::routes::configure(cfg, &d)))
-                .workers(2)
-                .bind("127.0.0.1:0")
-                .expect("bind");
+            let audited = HttpServer::new(move || {
+                App::new().configure(|cfg| tokenwatch::routes::configure(cfg, &d))
+            })
+            .workers(2)
+            .bind("127.0.0.1:0")
+            .expect("bind");
             let audited_addr = audited.addrs()[0];
             let bare = HttpServer::new(|| {
                 App::new().route(
                     "/api/v1/me",
+                    // The same body type, serialized the same way, as the audited route.
                     web::get().to(|| async {
-                        HttpResponse::Ok().json(serde_json::json!({
-                            "sub": "bench-user", "username": "bench", "roles": ["user"], "scope": null, "client_id": null, "exp": 0
-                        }))
+                        let roles = ["user".to_string()];
+                        HttpResponse::Ok().json(tokenwatch::routes::Me {
+                            sub: "bench-user",
+                            username: Some("bench"),
+                            roles: &roles,
+                            scope: None,
+                            client_id: None,
+                            exp: 1_800_000_000,
+                        })
                     }),
                 )
             })
@@ -153,57 +167,76 @@ fn start_servers(data: web::Data<tokenwatch::app::AppState>) -> (SocketAddr, Soc
 ///
 /// Both sides get the same request bytes, token included (the bare route ignores it),
 /// so the ratio is the cost of authenticating and auditing, not of a longer request.
-fn load(addr: SocketAddr, token: &str, seconds: u64, connections: usize) -> (f64, f64) {
+struct Round {
+    requests: f64,
+    rate: f64,
+    cpu_per_request: f64,
+    /// CPU per request by thread group, as text.
+    threads: String,
+}
+
+fn load(addr: SocketAddr, token: &str, seconds: u64, connections: usize) -> Round {
     let request = format!("GET /api/v1/me HTTP/1.1\r\nHost: bench\r\nUser-Agent: bench\r\nAuthorization: Bearer {token}\r\n\r\n");
     let stop = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicU64::new(0));
-    let threads: Vec<_> = (0..connections)
+    let clients: Vec<_> = (0..connections)
         .map(|_| {
             let (stop, done, request) = (stop.clone(), done.clone(), request.clone());
-            std::thread::spawn(move || {
-                let stream = TcpStream::connect(addr).expect("connect");
-                stream.set_nodelay(true).ok();
-                let mut writer = stream.try_clone().expect("clone");
-                let mut reader = BufReader::new(stream);
-                let mut line = String::new();
-                while !stop.load(Ordering::Relaxed) {
-                    writer.write_all(request.as_bytes()).expect("write");
-                    let mut content_length = 0usize;
-                    let mut status_ok = false;
-                    loop {
-                        line.clear();
-                        reader.read_line(&mut line).expect("read");
-                        if line.starts_with("HTTP/1.1 ") {
-                            status_ok = line.starts_with("HTTP/1.1 200");
+            std::thread::Builder::new()
+                .name("bench-client".into())
+                .spawn(move || {
+                    let stream = TcpStream::connect(addr).expect("connect");
+                    stream.set_nodelay(true).ok();
+                    let mut writer = stream.try_clone().expect("clone");
+                    let mut reader = BufReader::new(stream);
+                    let mut line = String::new();
+                    while !stop.load(Ordering::Relaxed) {
+                        writer.write_all(request.as_bytes()).expect("write");
+                        let mut content_length = 0usize;
+                        let mut status_ok = false;
+                        loop {
+                            line.clear();
+                            reader.read_line(&mut line).expect("read");
+                            if line.starts_with("HTTP/1.1 ") {
+                                status_ok = line.starts_with("HTTP/1.1 200");
+                            }
+                            let lower = line.to_ascii_lowercase();
+                            if let Some(v) = lower.strip_prefix("content-length:") {
+                                content_length = v.trim().parse().unwrap_or(0);
+                            }
+                            if line == "\r\n" {
+                                break;
+                            }
                         }
-                        let lower = line.to_ascii_lowercase();
-                        if let Some(v) = lower.strip_prefix("content-length:") {
-                            content_length = v.trim().parse().unwrap_or(0);
-                        }
-                        if line == "\r\n" {
-                            break;
-                        }
+                        let mut body = vec![0u8; content_length];
+                        reader.read_exact(&mut body).expect("body");
+                        assert!(status_ok, "non-200 response during the benchmark");
+                        done.fetch_add(1, Ordering::Relaxed);
                     }
-                    let mut body = vec![0u8; content_length];
-                    reader.read_exact(&mut body).expect("body");
-                    assert!(status_ok, "non-200 response during the benchmark");
-                    done.fetch_add(1, Ordering::Relaxed);
-                }
-            })
+                })
+                .expect("spawn client")
         })
         .collect();
     // Warm up, then count.
     std::thread::sleep(Duration::from_millis(500));
     let start_count = done.load(Ordering::Relaxed);
     let start = Instant::now();
-    let start_cpu = process_cpu_us();
+    let (start_cpu, start_threads) = (cpu::process_us(), cpu::Threads::now());
     std::thread::sleep(Duration::from_secs(seconds));
-    let n = done.load(Ordering::Relaxed) - start_count;
-    let cpu = process_cpu_us() - start_cpu;
-    let rate = n as f64 / start.elapsed().as_secs_f64();
+    let n = (done.load(Ordering::Relaxed) - start_count) as f64;
+    let (used, threads) = (
+        cpu::process_us() - start_cpu,
+        cpu::Threads::now().since(&start_threads),
+    );
+    let rate = n / start.elapsed().as_secs_f64();
     stop.store(true, Ordering::Relaxed);
-    for t in threads {
-        let _ = t.join();
+    for c in clients {
+        let _ = c.join();
     }
-    (rate, cpu / n as f64)
+    Round {
+        requests: n,
+        rate,
+        cpu_per_request: used / n,
+        threads: cpu::per_request(&threads, n),
+    }
 }

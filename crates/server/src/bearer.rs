@@ -91,7 +91,9 @@ fn presented_token(req: &ServiceRequest) -> Presented<'_> {
     let (Some(value), None) = (values.next(), values.next()) else {
         return Presented::Missing;
     };
-    match value.to_str().ok().and_then(|v| {
+    // UTF-8 rather than `HeaderValue::to_str`'s visible-ASCII check, which walks the
+    // token byte by byte: the verifier's strict base64url parse refuses anything else.
+    match std::str::from_utf8(value.as_bytes()).ok().and_then(|v| {
         let (scheme, rest) = v.split_once(' ')?;
         scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
     }) {
@@ -101,7 +103,10 @@ fn presented_token(req: &ServiceRequest) -> Presented<'_> {
 }
 
 pub fn rejection_event(meta: &RequestMeta, kind: &str, r: &Rejection) -> NewEvent {
-    let mut ev = meta.event(kind, Outcome::Failure);
+    with_rejection(meta.event(kind, Outcome::Failure), r)
+}
+
+fn with_rejection(mut ev: NewEvent, r: &Rejection) -> NewEvent {
     ev.reason = Some(r.reason.as_str().to_string());
     ev.subject = r.subject.clone();
     ev.jti = r.jti.clone();
@@ -130,7 +135,7 @@ where
         };
         let event = match &decision {
             Ok(v) => {
-                let mut ev = meta.event(kinds::ACCESS_GRANTED, Outcome::Success);
+                let mut ev = meta.into_event(kinds::ACCESS_GRANTED, Outcome::Success);
                 ev.subject = Some(v.claims.sub.clone());
                 ev.username = v.claims.username.clone();
                 ev.jti = Some(v.claims.jti.clone());
@@ -140,12 +145,15 @@ where
                 ev
             }
             Err(Some(rejection)) => {
-                let mut ev = rejection_event(&meta, kinds::ACCESS_DENIED, rejection);
+                let mut ev = with_rejection(
+                    meta.into_event(kinds::ACCESS_DENIED, Outcome::Failure),
+                    rejection,
+                );
                 ev.detail = json!({ "message": rejection.message });
                 ev
             }
             Err(None) => {
-                let mut ev = meta.event(kinds::ACCESS_DENIED, Outcome::Failure);
+                let mut ev = meta.into_event(kinds::ACCESS_DENIED, Outcome::Failure);
                 ev.reason = Some("missing_token".into());
                 ev
             }

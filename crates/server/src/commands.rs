@@ -169,7 +169,7 @@ pub fn token(settings: &Settings, cmd: TokenCmd) -> Result<()> {
             let tokens = token_service(settings, state)?;
             match tokens.verify(raw.trim()) {
                 Ok(v) => {
-                    let out = json!({ "valid": true, "kid": v.kid, "alg": v.alg.as_str(), "fingerprint": v.fingerprint, "claims": v.claims });
+                    let out = json!({ "valid": true, "kid": v.kid, "alg": v.alg.as_str(), "fingerprint": v.fingerprint, "claims": &*v.claims });
                     cli::print_line(&serde_json::to_string_pretty(&out)?)
                 }
                 Err(r) => {

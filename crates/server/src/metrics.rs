@@ -4,45 +4,56 @@ use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::Mutex;
 
+/// Counts by kind, then reason ("" for none), then outcome (failure, success).
+type DecisionCounts = BTreeMap<String, BTreeMap<String, [u64; 2]>>;
+
 #[derive(Default)]
 pub struct Metrics {
-    events: Mutex<BTreeMap<(String, &'static str, String), u64>>,
+    events: Mutex<DecisionCounts>,
 }
 
+/// The outcome slots of [`DecisionCounts`], in the order they are listed.
+const OUTCOMES: [&str; 2] = ["failure", "success"];
+
 impl Metrics {
+    /// Called for every protected request: a kind and reason already counted cost a
+    /// lookup, no allocation.
     pub fn count_event(&self, ev: &audit_store::NewEvent) {
-        let outcome = match ev.outcome {
-            audit_store::Outcome::Success => "success",
-            audit_store::Outcome::Failure => "failure",
+        let slot = usize::from(ev.outcome == audit_store::Outcome::Success);
+        let reason = ev.reason.as_deref().unwrap_or_default();
+        let mut events = self.events.lock().unwrap_or_else(|p| p.into_inner());
+        let by_reason = match events.get_mut(ev.kind.as_str()) {
+            Some(m) => m,
+            None => events.entry(ev.kind.clone()).or_default(),
         };
-        let key = (
-            ev.kind.clone(),
-            outcome,
-            ev.reason.clone().unwrap_or_default(),
-        );
-        *self
-            .events
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(key)
-            .or_default() += 1;
+        let counts = match by_reason.get_mut(reason) {
+            Some(c) => c,
+            None => by_reason.entry(reason.to_owned()).or_default(),
+        };
+        counts[slot] += 1;
     }
 
     pub fn render(&self, health: &audit_store::Health, extra: &str) -> String {
         let mut out = String::new();
         out.push_str("# HELP tokenwatch_decisions_total Audit events recorded by this server process, by kind, outcome and reason.\n");
         out.push_str("# TYPE tokenwatch_decisions_total counter\n");
-        for ((kind, outcome, reason), n) in
-            self.events.lock().unwrap_or_else(|p| p.into_inner()).iter()
-        {
-            let _ = writeln!(
-                out,
-                "tokenwatch_decisions_total{{kind=\"{}\",outcome=\"{}\",reason=\"{}\"}} {n}",
-                escape(kind),
-                outcome,
-                escape(reason)
-            );
+        let events = self.events.lock().unwrap_or_else(|p| p.into_inner());
+        for (kind, by_reason) in events.iter() {
+            for (slot, outcome) in OUTCOMES.iter().enumerate() {
+                for (reason, counts) in by_reason {
+                    let n = counts[slot];
+                    if n > 0 {
+                        let _ = writeln!(
+                            out,
+                            "tokenwatch_decisions_total{{kind=\"{}\",outcome=\"{outcome}\",reason=\"{}\"}} {n}",
+                            escape(kind),
+                            escape(reason)
+                        );
+                    }
+                }
+            }
         }
+        drop(events);
         let _ = writeln!(out, "# HELP tokenwatch_audit_store_writable 1 when the audit store accepts writes.\n# TYPE tokenwatch_audit_store_writable gauge\ntokenwatch_audit_store_writable {}", u8::from(health.writable));
         let _ = writeln!(out, "# HELP tokenwatch_audit_queue_depth Events waiting for the audit writer.\n# TYPE tokenwatch_audit_queue_depth gauge\ntokenwatch_audit_queue_depth {}", health.queue_depth);
         let _ = writeln!(out, "# HELP tokenwatch_audit_events_committed_total Events committed by the audit writer since start.\n# TYPE tokenwatch_audit_events_committed_total counter\ntokenwatch_audit_events_committed_total {}", health.events_committed);

@@ -108,11 +108,16 @@ impl RequestMeta {
 
     /// An audit event stamped with this request's origin.
     pub fn event(&self, kind: &str, outcome: Outcome) -> NewEvent {
+        self.clone().into_event(kind, outcome)
+    }
+
+    /// [`RequestMeta::event`] for a request that records one event: moves, no copies.
+    pub fn into_event(self, kind: &str, outcome: Outcome) -> NewEvent {
         let mut ev = NewEvent::new(kind, outcome);
-        ev.client_ip = self.client_ip.clone();
-        ev.user_agent = self.user_agent.clone();
-        ev.method = Some(self.method.clone());
-        ev.path = Some(self.path.clone());
+        ev.client_ip = self.client_ip;
+        ev.user_agent = self.user_agent;
+        ev.method = Some(self.method);
+        ev.path = Some(self.path);
         ev
     }
 }

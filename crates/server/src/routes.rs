@@ -44,16 +44,27 @@ async fn jwks(data: Data) -> HttpResponse {
         .json(data.tokens.jwks())
 }
 
+/// The body of `GET /api/v1/me`: who the token says the caller is.
+#[derive(serde::Serialize)]
+pub struct Me<'a> {
+    pub sub: &'a str,
+    pub username: Option<&'a str>,
+    pub roles: &'a [String],
+    pub scope: Option<&'a str>,
+    pub client_id: Option<&'a str>,
+    pub exp: i64,
+}
+
 async fn me(caller: web::ReqData<Authenticated>) -> HttpResponse {
     let c = &caller.0.claims;
-    HttpResponse::Ok().json(json!({
-        "sub": c.sub,
-        "username": c.username,
-        "roles": c.roles,
-        "scope": c.scope,
-        "client_id": c.client_id,
-        "exp": c.exp,
-    }))
+    HttpResponse::Ok().json(Me {
+        sub: &c.sub,
+        username: c.username.as_deref(),
+        roles: &c.roles,
+        scope: c.scope.as_deref(),
+        client_id: c.client_id.as_deref(),
+        exp: c.exp,
+    })
 }
 
 async fn healthz(data: Data) -> HttpResponse {

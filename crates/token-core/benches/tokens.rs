@@ -85,7 +85,10 @@ fn bench_tokens(c: &mut Criterion) {
         let issued = svc.issue_access(&req).expect("issue");
         let token = issued.token.expose().to_owned();
         // The baseline signs the very same claims, so both sides hash equal-sized input.
-        let claims: Value = svc.verify(&token).map(|v| json!(v.claims)).expect("verify");
+        let claims: Value = svc
+            .verify(&token)
+            .map(|v| json!(&*v.claims))
+            .expect("verify");
         let mut header = Header::new(jalg);
         header.kid = Some(kid.clone());
         let baseline_token = jsonwebtoken::encode(&header, &claims, &enc).expect("encode");

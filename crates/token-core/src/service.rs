@@ -69,7 +69,8 @@ pub struct IssuedToken {
 /// An access token that passed every check.
 #[derive(Clone, Debug, PartialEq)]
 pub struct VerifiedToken {
-    pub claims: Claims,
+    /// Shared with the verified-token cache: a repeated token costs no copy of its claims.
+    pub claims: Arc<Claims>,
     pub kid: String,
     pub alg: Alg,
     pub fingerprint: String,
@@ -532,7 +533,8 @@ impl TokenService {
         (refusal.jti, refusal.subject) = ids_of(&payload);
         let claims = Claims::from_payload(payload, &self.cfg.audience)
             .map_err(|(reason, msg)| refusal.no(reason, msg))?;
-        self.check_time_and_revocation(&claims, now, &refusal)?;
+        self.check_time_and_revocation(&claims, now, |r, m| refusal.no(r, m))?;
+        let claims = Arc::new(claims);
         self.verified.insert(
             digest,
             Verified {
@@ -552,17 +554,21 @@ impl TokenService {
 
     /// A token whose bytes were verified before: only what can change since is checked.
     fn recheck(&self, hit: &Verified, fp: String, now: i64) -> Result<VerifiedToken, Rejection> {
-        let seen = Seen {
-            alg: Some(hit.alg.as_str().to_owned()),
-            kid: Some(hit.kid.clone()),
+        // Built only for a refusal: a hit that passes (the common case) copies nothing.
+        let no = |reason, message: &str| {
+            let seen = Seen {
+                alg: Some(hit.alg.as_str().to_owned()),
+                kid: Some(hit.kid.clone()),
+            };
+            Refusal {
+                fingerprint: &fp,
+                seen: &seen,
+                jti: Some(log_safe_text(&hit.claims.jti, MAX_LOGGED_JTI)),
+                subject: Some(log_safe_text(&hit.claims.sub, MAX_LOGGED_SUBJECT)),
+            }
+            .no(reason, message)
         };
-        let refusal = Refusal {
-            fingerprint: &fp,
-            seen: &seen,
-            jti: Some(log_safe_text(&hit.claims.jti, MAX_LOGGED_JTI)),
-            subject: Some(log_safe_text(&hit.claims.sub, MAX_LOGGED_SUBJECT)),
-        };
-        self.check_time_and_revocation(&hit.claims, now, &refusal)?;
+        self.check_time_and_revocation(&hit.claims, now, no)?;
         Ok(VerifiedToken {
             claims: hit.claims.clone(),
             kid: hit.kid.clone(),
@@ -576,26 +582,26 @@ impl TokenService {
         &self,
         claims: &Claims,
         now: i64,
-        refusal: &Refusal<'_>,
+        no: impl Fn(Reason, &str) -> Rejection,
     ) -> Result<(), Rejection> {
         let leeway = self.leeway_secs();
         if now >= claims.exp.saturating_add(leeway) {
-            return Err(refusal.no(Reason::Expired, "token has expired"));
+            return Err(no(Reason::Expired, "token has expired"));
         }
         // iat before nbf: a missing nbf defaults to iat, and a future iat is the more
         // precise (and more suspicious) finding.
         if claims.iat > now.saturating_add(leeway) {
-            return Err(refusal.no(
+            return Err(no(
                 Reason::IssuedInFuture,
                 "token claims to be issued in the future (iat)",
             ));
         }
         if claims.nbf > now.saturating_add(leeway) {
-            return Err(refusal.no(Reason::NotYetValid, "token is not valid yet (nbf)"));
+            return Err(no(Reason::NotYetValid, "token is not valid yet (nbf)"));
         }
 
         let store_down = |_: StoreFailure| {
-            refusal.no(
+            no(
                 Reason::StoreUnavailable,
                 "revocation store unavailable; refusing rather than skipping the revocation check",
             )
@@ -605,7 +611,7 @@ impl TokenService {
             .is_jti_revoked(&claims.jti)
             .map_err(store_down)?
         {
-            return Err(refusal.no(Reason::Revoked, "token has been revoked"));
+            return Err(no(Reason::Revoked, "token has been revoked"));
         }
         if let Some(sid) = &claims.sid {
             if self
@@ -613,7 +619,7 @@ impl TokenService {
                 .is_family_revoked(sid)
                 .map_err(store_down)?
             {
-                return Err(refusal.no(
+                return Err(no(
                     Reason::Revoked,
                     "the token's session (sid) has been revoked",
                 ));

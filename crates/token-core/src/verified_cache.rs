@@ -31,7 +31,7 @@ pub(crate) type Digest = [u8; 32];
 
 /// What a successful verification established about a token's bytes.
 pub(crate) struct Verified {
-    pub claims: Claims,
+    pub claims: Arc<Claims>,
     pub kid: String,
     pub alg: Alg,
 }
@@ -127,7 +127,7 @@ mod tests {
 
     fn entry() -> Verified {
         Verified {
-            claims: Claims {
+            claims: Arc::new(Claims {
                 iss: "i".into(),
                 sub: "s".into(),
                 aud: "a".into(),
@@ -141,7 +141,7 @@ mod tests {
                 scope: None,
                 sid: None,
                 extra: Default::default(),
-            },
+            }),
             kid: "k".into(),
             alg: Alg::HS256,
         }

@@ -1,0 +1,146 @@
+//! In-process CPU cost of one `/api/v1/me` request, audited vs bare, with no socket:
+//! actix's test service drives the same App as the server. What this isolates is the
+//! work the bearer middleware and the audit store add, without the TCP stack's
+//! (equal, and noisy) share.
+//!
+//! cargo bench -p tokenwatch --bench me_overhead -- [requests] [in flight]
+//!
+//! Requests are driven `in flight` at a time from one task, so the audit writer commits
+//! them in groups of that size, as it would under load.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use actix_web::{test, web, App, HttpResponse};
+use futures_util::future::join_all;
+use token_core::AccessRequest;
+use tokenwatch::config::{FileConfig, Overrides, Settings};
+
+#[path = "support/cpu.rs"]
+mod cpu;
+
+struct Counting;
+static ALLOCS: AtomicU64 = AtomicU64::new(0);
+// SAFETY: forwards to the system allocator unchanged; only counts.
+unsafe impl std::alloc::GlobalAlloc for Counting {
+    unsafe fn alloc(&self, l: std::alloc::Layout) -> *mut u8 {
+        ALLOCS.fetch_add(1, Ordering::Relaxed);
+        unsafe { std::alloc::System.alloc(l) }
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: std::alloc::Layout) {
+        unsafe { std::alloc::System.dealloc(p, l) }
+    }
+    unsafe fn realloc(&self, p: *mut u8, l: std::alloc::Layout, n: usize) -> *mut u8 {
+        ALLOCS.fetch_add(1, Ordering::Relaxed);
+        unsafe { std::alloc::System.realloc(p, l, n) }
+    }
+}
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+#[actix_web::main]
+async fn main() {
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    let requests: usize = args.first().and_then(|s| s.parse().ok()).unwrap_or(200_000);
+    let in_flight: usize = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(128);
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut file = FileConfig::default();
+    file.audit.synchronous = Some("normal".into());
+    let settings = Settings::resolve(
+        file,
+        &Overrides {
+            listen: Some("127.0.0.1:0".into()),
+            data_dir: Some(tmp.path().join("data")),
+            plugin_dir: None,
+        },
+    )
+    .expect("settings");
+    tokenwatch::datadir::ensure(&settings.data_dir).expect("data dir");
+    let data = tokenwatch::serve::open_app_state(&settings).expect("app state");
+    let token = data
+        .tokens
+        .issue_access(&AccessRequest {
+            subject: "bench-user".into(),
+            username: Some("bench".into()),
+            roles: vec!["user".into()],
+            client_id: None,
+            scope: None,
+            session_id: None,
+            ttl: None,
+            extra: serde_json::Map::new(),
+        })
+        .expect("issue");
+    let token = token.token.expose().to_string();
+    let d = data.clone();
+    let audited =
+        test::init_service(App::new().configure(|cfg| tokenwatch::routes::configure(cfg, &d)))
+            .await;
+    let bare = test::init_service(App::new().route(
+        "/api/v1/me",
+        web::get().to(|| async {
+            let roles = ["user".to_string()];
+            HttpResponse::Ok().json(tokenwatch::routes::Me {
+                sub: "bench-user",
+                username: Some("bench"),
+                roles: &roles,
+                scope: None,
+                client_id: None,
+                exp: 1_800_000_000,
+            })
+        }),
+    ))
+    .await;
+    let req = || {
+        test::TestRequest::get()
+            .uri("/api/v1/me")
+            .peer_addr("127.0.0.1:40000".parse().unwrap())
+            .insert_header(("User-Agent", "bench"))
+            .insert_header(("Authorization", format!("Bearer {token}")))
+            .to_request()
+    };
+    for round in 0..3 {
+        for (name, audited_side) in [("bare", false), ("audited", true)] {
+            let (allocs, used, threads, t0) = (
+                ALLOCS.load(Ordering::Relaxed),
+                cpu::process_us(),
+                cpu::Threads::now(),
+                Instant::now(),
+            );
+            let mut done = 0;
+            while done < requests {
+                let n = in_flight.min(requests - done);
+                let reqs: Vec<_> = (0..n).map(|_| req()).collect();
+                let ok = if audited_side {
+                    join_all(reqs.into_iter().map(|r| test::call_service(&audited, r)))
+                        .await
+                        .iter()
+                        .all(|r| r.status().is_success())
+                } else {
+                    join_all(reqs.into_iter().map(|r| test::call_service(&bare, r)))
+                        .await
+                        .iter()
+                        .all(|r| r.status().is_success())
+                };
+                assert!(ok, "a request was refused");
+                done += n;
+            }
+            let elapsed = t0.elapsed().as_secs_f64();
+            let n = requests as f64;
+            let by_thread = cpu::Threads::now().since(&threads);
+            println!(
+                "round {round} {name:<8} {:>8.0} req/s  {:.2} µs CPU/request ({})  {:.1} allocations/request",
+                n / elapsed,
+                (cpu::process_us() - used) / n,
+                cpu::per_request(&by_thread, n),
+                (ALLOCS.load(Ordering::Relaxed) - allocs) as f64 / n,
+            );
+            if audited_side {
+                // Outside the window: the next bare round must not pay for it.
+                data.store.index_now().expect("index catch-up");
+            }
+        }
+    }
+}
