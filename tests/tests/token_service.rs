@@ -134,6 +134,21 @@ fn first_start_login_me_tamper_and_audit_trail() {
         metrics.contains("tokenwatch_audit_store_writable 1"),
         "{metrics}"
     );
+    // Group commits: every transaction here carried at least one event.
+    let counter = |name: &str| -> u64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing from /metrics:\n{metrics}"))
+    };
+    let (commits, events) = (
+        counter("tokenwatch_audit_commits_total "),
+        counter("tokenwatch_audit_events_committed_total "),
+    );
+    assert!(
+        commits >= 1 && commits <= events,
+        "{commits} commits for {events} events"
+    );
     // The query index catches up on its own within a moment of the last request.
     assert!(
         metrics.contains("tokenwatch_audit_index_healthy 1"),

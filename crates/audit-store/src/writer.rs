@@ -109,6 +109,9 @@ pub struct Health {
     /// Messages waiting in the writer queue.
     pub queue_depth: usize,
     pub events_committed: u64,
+    /// Transactions committed since start: `events_committed / commits` is how many
+    /// events each group commit carried.
+    pub commits: u64,
     pub last_commit_us: Option<i64>,
     /// Committed events not yet in the query index (queries stay exact, only slower).
     pub index_lag: u64,
@@ -171,6 +174,7 @@ struct Shared {
     keys: Keys,
     health: Mutex<HealthState>,
     committed: AtomicU64,
+    commits: AtomicU64,
     watch: CommitWatch,
     index: Arc<IndexProgress>,
 }
@@ -268,6 +272,7 @@ impl AuditStore {
                 ..Default::default()
             }),
             committed: AtomicU64::new(0),
+            commits: AtomicU64::new(0),
             watch,
             index: Arc::new(IndexProgress::default()),
         });
@@ -326,6 +331,7 @@ impl AuditStore {
             last_error: h.last_error.clone(),
             queue_depth: self.tx.len(),
             events_committed: self.shared.committed.load(Ordering::Relaxed),
+            commits: self.shared.commits.load(Ordering::Relaxed),
             last_commit_us: h.last_commit_us,
             index_lag: u64::try_from(self.shared.watch.latest() - indexed).unwrap_or(0),
             index_error: self
@@ -815,6 +821,7 @@ impl Writer {
         }
         // Counters and the commit watch move before any caller is acknowledged,
         // so an acknowledged caller never sees health lag behind its own event.
+        self.shared.commits.fetch_add(1, Ordering::Relaxed);
         if n_events > 0 {
             self.shared.committed.fetch_add(n_events, Ordering::Relaxed);
             self.shared.watch.publish(last);

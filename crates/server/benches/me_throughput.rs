@@ -70,7 +70,7 @@ fn main() {
 
         let (audited, bare) = start_servers(data.clone());
         for &connections in &sweep {
-            let before = data.store.health().events_committed;
+            let before = data.store.health();
             // Interleaved rounds, so drift on a noisy machine hits both alike; each
             // round's ratio pairs two measurements seconds apart.
             let mut rounds = Vec::new();
@@ -94,7 +94,7 @@ fn main() {
             );
             let (a, b) = &rounds[ROUNDS / 2];
             println!(
-                "{alg} synchronous={sync:<6} connections={connections:<4} audited={:>7.0} req/s  bare={:>7.0} req/s  ratio={:.2} (rounds {lo:.2}..{hi:.2})  CPU per request: bare {:.1} µs, audited {:.1} µs (bare/audited {:.2}), then index catch-up {:.1} µs/event  (events committed: {})",
+                "{alg} synchronous={sync:<6} connections={connections:<4} audited={:>7.0} req/s  bare={:>7.0} req/s  ratio={:.2} (rounds {lo:.2}..{hi:.2})  CPU per request: bare {:.1} µs, audited {:.1} µs (bare/audited {:.2}), then index catch-up {:.1} µs/event  ({} events committed, {:.0} per commit)",
                 a.rate,
                 b.rate,
                 a.rate / b.rate,
@@ -102,7 +102,11 @@ fn main() {
                 a.cpu_per_request,
                 b.cpu_per_request / a.cpu_per_request,
                 median(&mut index_us_per_event),
-                data.store.health().events_committed - before
+                data.store.health().events_committed - before.events_committed,
+                {
+                    let now = data.store.health();
+                    (now.events_committed - before.events_committed) as f64 / (now.commits - before.commits).max(1) as f64
+                }
             );
             println!("    µs per request by thread  bare: {}", b.threads);
             println!("                           audited: {}", a.threads);

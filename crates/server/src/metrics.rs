@@ -57,6 +57,7 @@ impl Metrics {
         let _ = writeln!(out, "# HELP tokenwatch_audit_store_writable 1 when the audit store accepts writes.\n# TYPE tokenwatch_audit_store_writable gauge\ntokenwatch_audit_store_writable {}", u8::from(health.writable));
         let _ = writeln!(out, "# HELP tokenwatch_audit_queue_depth Events waiting for the audit writer.\n# TYPE tokenwatch_audit_queue_depth gauge\ntokenwatch_audit_queue_depth {}", health.queue_depth);
         let _ = writeln!(out, "# HELP tokenwatch_audit_events_committed_total Events committed by the audit writer since start.\n# TYPE tokenwatch_audit_events_committed_total counter\ntokenwatch_audit_events_committed_total {}", health.events_committed);
+        let _ = writeln!(out, "# HELP tokenwatch_audit_commits_total Transactions (group commits) by the audit writer since start.\n# TYPE tokenwatch_audit_commits_total counter\ntokenwatch_audit_commits_total {}", health.commits);
         let _ = writeln!(out, "# HELP tokenwatch_audit_index_lag_events Committed events not yet in the query index (queries stay exact; filtered ones get slower as this grows).\n# TYPE tokenwatch_audit_index_lag_events gauge\ntokenwatch_audit_index_lag_events {}", health.index_lag);
         let _ = writeln!(out, "# HELP tokenwatch_audit_index_healthy 0 while the last update of the query index failed.\n# TYPE tokenwatch_audit_index_healthy gauge\ntokenwatch_audit_index_healthy {}", u8::from(health.index_error.is_none()));
         out.push_str(extra);
