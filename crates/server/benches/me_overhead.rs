@@ -44,6 +44,8 @@ async fn main() {
         .skip(1)
         .filter(|a| !a.starts_with("--"))
         .collect();
+    // SAFETY: PR_SET_NAME reads a NUL-terminated name of at most 16 bytes.
+    unsafe { libc::prctl(libc::PR_SET_NAME, c"request-thread".as_ptr()) };
     let requests: usize = args.first().and_then(|s| s.parse().ok()).unwrap_or(200_000);
     let in_flight: usize = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(128);
     let tmp = tempfile::tempdir().expect("tempdir");

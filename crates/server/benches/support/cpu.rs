@@ -11,43 +11,34 @@ pub fn process_us() -> f64 {
     us(u.ru_utime) + us(u.ru_stime)
 }
 
-/// CPU time per live thread (tid → name, µs), from /proc; clock-tick resolution.
+/// CPU time per live thread (tid → name, µs), from /proc: `schedstat`'s time on CPU
+/// (exact, in ns) rather than `stat`'s clock ticks, which round a thread among hundreds
+/// of clients down to nothing.
 pub struct Threads(HashMap<u32, (String, f64)>);
 
 impl Threads {
     pub fn now() -> Threads {
-        // SAFETY: sysconf has no preconditions.
-        let ticks_per_s = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
         let mut out = HashMap::new();
         for task in std::fs::read_dir("/proc/self/task")
             .into_iter()
             .flatten()
             .flatten()
         {
-            let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
+            let (Ok(name), Ok(schedstat)) = (
+                std::fs::read_to_string(task.path().join("comm")),
+                std::fs::read_to_string(task.path().join("schedstat")),
+            ) else {
                 continue;
             };
-            // "tid (name) state ..." where the name may itself hold spaces or parens.
-            let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
-                continue;
-            };
-            let fields: Vec<&str> = stat[close + 2..].split(' ').collect();
-            let ticks = |i: usize| {
-                fields
-                    .get(i)
-                    .and_then(|f| f.parse::<f64>().ok())
-                    .unwrap_or(0.0)
-            };
+            let on_cpu_ns: f64 = schedstat
+                .split(' ')
+                .next()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0.0);
             let Ok(tid) = task.file_name().to_string_lossy().parse() else {
                 continue;
             };
-            out.insert(
-                tid,
-                (
-                    stat[open + 1..close].to_string(),
-                    (ticks(11) + ticks(12)) * 1e6 / ticks_per_s,
-                ),
-            );
+            out.insert(tid, (name.trim_end().to_string(), on_cpu_ns / 1e3));
         }
         Threads(out)
     }
@@ -72,11 +63,11 @@ fn group(name: &str) -> String {
     }
 }
 
-/// "name=µs" per request for every thread group that used CPU.
+/// "name=µs" per request for every thread group that used a measurable share.
 pub fn per_request(by_name: &BTreeMap<String, f64>, requests: f64) -> String {
     by_name
         .iter()
-        .filter(|(_, us)| **us > 0.0)
+        .filter(|(_, us)| **us / requests >= 0.05)
         .map(|(name, us)| format!("{name}={:.1}", us / requests))
         .collect::<Vec<_>>()
         .join(" ")
