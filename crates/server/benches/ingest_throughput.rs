@@ -6,15 +6,19 @@
 //!
 //! cargo bench -p tokenwatch --bench ingest_throughput -- [seconds] [connections]
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix_web::{web, App, HttpServer};
 use audit_store::{kinds, NewEvent, Outcome};
-use tokenwatch::config::{FileConfig, Overrides, Settings};
+use tokenwatch::config::FileConfig;
+
+#[path = "support/app.rs"]
+mod app;
+#[path = "support/http.rs"]
+mod http;
 
 const BATCH: usize = 1000;
 
@@ -27,22 +31,11 @@ fn main() {
     let connections: usize = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(4);
 
     for sync in ["full", "normal"] {
-        let tmp = tempfile::tempdir().expect("tempdir");
         let mut file = FileConfig::default();
         file.audit.synchronous = Some(sync.into());
         // The bench measures throughput, not the rate limiter.
         file.ingest.rate_limit_per_sec = Some(100_000_000);
-        let settings = Settings::resolve(
-            file,
-            &Overrides {
-                listen: Some("127.0.0.1:0".into()),
-                data_dir: Some(tmp.path().join("data")),
-                plugin_dir: None,
-            },
-        )
-        .expect("settings");
-        tokenwatch::datadir::ensure(&settings.data_dir).expect("data dir");
-        let data = tokenwatch::serve::open_app_state(&settings).expect("app state");
+        let (_dir, data) = app::open(file);
         let key = data.state.add_source("bench").expect("source");
         let addr = start_server(data.clone());
         let body = ndjson_batch();
@@ -171,36 +164,9 @@ fn http_load(addr: SocketAddr, key: &str, body: &str, seconds: u64, threads: usi
         body.len()
     );
     measure(threads, seconds, move |stop, done| {
-        let stream = TcpStream::connect(addr).expect("connect");
-        stream.set_nodelay(true).ok();
-        let mut writer = stream.try_clone().expect("clone");
-        let mut reader = BufReader::new(stream);
-        let mut line = String::new();
+        let mut connection = http::Connection::open(addr);
         while !stop.load(Ordering::Relaxed) {
-            writer.write_all(request.as_bytes()).expect("write");
-            let mut content_length = 0usize;
-            let mut status_ok = false;
-            loop {
-                line.clear();
-                reader.read_line(&mut line).expect("read");
-                if line.starts_with("HTTP/1.1 ") {
-                    status_ok = line.starts_with("HTTP/1.1 200");
-                }
-                let lower = line.to_ascii_lowercase();
-                if let Some(v) = lower.strip_prefix("content-length:") {
-                    content_length = v.trim().parse().unwrap_or(0);
-                }
-                if line == "\r\n" {
-                    break;
-                }
-            }
-            let mut resp = vec![0u8; content_length];
-            reader.read_exact(&mut resp).expect("body");
-            assert!(
-                status_ok,
-                "non-200 response: {}",
-                String::from_utf8_lossy(&resp)
-            );
+            let resp = connection.exchange(request.as_bytes());
             let v: serde_json::Value = serde_json::from_slice(&resp).expect("json answer");
             done.fetch_add(v["accepted"].as_u64().unwrap_or(0), Ordering::Relaxed);
         }

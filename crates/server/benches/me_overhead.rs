@@ -11,11 +11,12 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use actix_web::{test, web, App, HttpResponse};
+use actix_web::{test, web, App};
 use futures_util::future::join_all;
-use token_core::AccessRequest;
-use tokenwatch::config::{FileConfig, Overrides, Settings};
+use tokenwatch::config::FileConfig;
 
+#[path = "support/app.rs"]
+mod app;
 #[path = "support/cpu.rs"]
 mod cpu;
 
@@ -48,53 +49,16 @@ async fn main() {
     unsafe { libc::prctl(libc::PR_SET_NAME, c"request-thread".as_ptr()) };
     let requests: usize = args.first().and_then(|s| s.parse().ok()).unwrap_or(200_000);
     let in_flight: usize = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(128);
-    let tmp = tempfile::tempdir().expect("tempdir");
     let mut file = FileConfig::default();
     file.audit.synchronous = Some("normal".into());
-    let settings = Settings::resolve(
-        file,
-        &Overrides {
-            listen: Some("127.0.0.1:0".into()),
-            data_dir: Some(tmp.path().join("data")),
-            plugin_dir: None,
-        },
-    )
-    .expect("settings");
-    tokenwatch::datadir::ensure(&settings.data_dir).expect("data dir");
-    let data = tokenwatch::serve::open_app_state(&settings).expect("app state");
-    let token = data
-        .tokens
-        .issue_access(&AccessRequest {
-            subject: "bench-user".into(),
-            username: Some("bench".into()),
-            roles: vec!["user".into()],
-            client_id: None,
-            scope: None,
-            session_id: None,
-            ttl: None,
-            extra: serde_json::Map::new(),
-        })
-        .expect("issue");
-    let token = token.token.expose().to_string();
+    let (_dir, data) = app::open(file);
+    let token = app::access_token(&data);
     let d = data.clone();
     let audited =
         test::init_service(App::new().configure(|cfg| tokenwatch::routes::configure(cfg, &d)))
             .await;
-    let bare = test::init_service(App::new().route(
-        "/api/v1/me",
-        web::get().to(|| async {
-            let roles = ["user".to_string()];
-            HttpResponse::Ok().json(tokenwatch::routes::Me {
-                sub: "bench-user",
-                username: Some("bench"),
-                roles: &roles,
-                scope: None,
-                client_id: None,
-                exp: 1_800_000_000,
-            })
-        }),
-    ))
-    .await;
+    let bare =
+        test::init_service(App::new().route("/api/v1/me", web::get().to(app::bare_me))).await;
     let req = || {
         test::TestRequest::get()
             .uri("/api/v1/me")

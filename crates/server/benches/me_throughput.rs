@@ -10,18 +10,20 @@
 //! not by CPU; the sweep shows where it stops being so. Each client connection is a
 //! blocking thread on the same machine, for both sides alike.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use actix_web::{web, App, HttpResponse, HttpServer};
-use token_core::AccessRequest;
-use tokenwatch::config::{FileConfig, Overrides, Settings};
+use actix_web::{web, App, HttpServer};
+use tokenwatch::config::FileConfig;
 
+#[path = "support/app.rs"]
+mod app;
 #[path = "support/cpu.rs"]
 mod cpu;
+#[path = "support/http.rs"]
+mod http;
 
 fn main() {
     let args: Vec<String> = std::env::args()
@@ -38,35 +40,11 @@ fn main() {
     let alg = args.get(2).cloned().unwrap_or_else(|| "ES256".into());
 
     for sync in ["full", "normal"] {
-        let tmp = tempfile::tempdir().expect("tempdir");
         let mut file = FileConfig::default();
         file.audit.synchronous = Some(sync.into());
         file.signing_alg = Some(alg.clone());
-        let settings = Settings::resolve(
-            file,
-            &Overrides {
-                listen: Some("127.0.0.1:0".into()),
-                data_dir: Some(tmp.path().join("data")),
-                plugin_dir: None,
-            },
-        )
-        .expect("settings");
-        tokenwatch::datadir::ensure(&settings.data_dir).expect("data dir");
-        let data = tokenwatch::serve::open_app_state(&settings).expect("app state");
-        let token = data
-            .tokens
-            .issue_access(&AccessRequest {
-                subject: "bench-user".into(),
-                username: Some("bench".into()),
-                roles: vec!["user".into()],
-                client_id: None,
-                scope: None,
-                session_id: None,
-                ttl: None,
-                extra: serde_json::Map::new(),
-            })
-            .expect("issue");
-        let token = token.token.expose().to_string();
+        let (_dir, data) = app::open(file);
+        let token = app::access_token(&data);
 
         let (audited, bare) = start_servers(data.clone());
         for &connections in &sweep {
@@ -135,26 +113,11 @@ fn start_servers(data: web::Data<tokenwatch::app::AppState>) -> (SocketAddr, Soc
             .bind("127.0.0.1:0")
             .expect("bind");
             let audited_addr = audited.addrs()[0];
-            let bare = HttpServer::new(|| {
-                App::new().route(
-                    "/api/v1/me",
-                    // The same body type, serialized the same way, as the audited route.
-                    web::get().to(|| async {
-                        let roles = ["user".to_string()];
-                        HttpResponse::Ok().json(tokenwatch::routes::Me {
-                            sub: "bench-user",
-                            username: Some("bench"),
-                            roles: &roles,
-                            scope: None,
-                            client_id: None,
-                            exp: 1_800_000_000,
-                        })
-                    }),
-                )
-            })
-            .workers(2)
-            .bind("127.0.0.1:0")
-            .expect("bind");
+            let bare =
+                HttpServer::new(|| App::new().route("/api/v1/me", web::get().to(app::bare_me)))
+                    .workers(2)
+                    .bind("127.0.0.1:0")
+                    .expect("bind");
             let bare_addr = bare.addrs()[0];
             tx.send((audited_addr, bare_addr)).expect("send addrs");
             let _ = futures_util::future::join(audited.run(), bare.run()).await;
@@ -189,32 +152,9 @@ fn load(addr: SocketAddr, token: &str, seconds: u64, connections: usize) -> Roun
             std::thread::Builder::new()
                 .name("bench-client".into())
                 .spawn(move || {
-                    let stream = TcpStream::connect(addr).expect("connect");
-                    stream.set_nodelay(true).ok();
-                    let mut writer = stream.try_clone().expect("clone");
-                    let mut reader = BufReader::new(stream);
-                    let mut line = String::new();
+                    let mut connection = http::Connection::open(addr);
                     while !stop.load(Ordering::Relaxed) {
-                        writer.write_all(request.as_bytes()).expect("write");
-                        let mut content_length = 0usize;
-                        let mut status_ok = false;
-                        loop {
-                            line.clear();
-                            reader.read_line(&mut line).expect("read");
-                            if line.starts_with("HTTP/1.1 ") {
-                                status_ok = line.starts_with("HTTP/1.1 200");
-                            }
-                            let lower = line.to_ascii_lowercase();
-                            if let Some(v) = lower.strip_prefix("content-length:") {
-                                content_length = v.trim().parse().unwrap_or(0);
-                            }
-                            if line == "\r\n" {
-                                break;
-                            }
-                        }
-                        let mut body = vec![0u8; content_length];
-                        reader.read_exact(&mut body).expect("body");
-                        assert!(status_ok, "non-200 response during the benchmark");
+                        connection.exchange(request.as_bytes());
                         done.fetch_add(1, Ordering::Relaxed);
                     }
                 })
