@@ -7,8 +7,10 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::auth::redirect;
-use super::pages::{check_csrf, require_admin, PageCtx};
-use super::{html, record_action, show_time, AdminError, Console, CsrfForm};
+use super::pages::{check_csrf, PageCtx};
+use super::{
+    authorize_admin_action, html, record_action, show_time, AdminError, Console, CsrfForm,
+};
 use crate::app::Data;
 use crate::request_meta::truncate;
 use crate::response::NewException;
@@ -263,16 +265,9 @@ pub async fn lift(
     who: Console,
     form: web::Form<LiftForm>,
 ) -> Result<HttpResponse, AdminError> {
-    check_csrf(&data, &req, &who, &form.csrf).await?;
-    require_admin(&data, &req, &who, "lockout.lift").await?;
     let form = form.into_inner();
-    record_action(
-        &data,
-        &req,
-        &who,
-        json!({ "action": "lockout.lift", "kind": form.kind, "key": form.key }),
-    )
-    .await?;
+    let detail = [("kind", json!(form.kind)), ("key", json!(form.key))];
+    authorize_admin_action(&data, &req, &who, &form.csrf, "lockout.lift", &detail).await?;
     let state = data.state.clone();
     web::block(move || state.lift_lockout(&form.kind, &form.key)).await??;
     Ok(redirect("/admin/exceptions"))

@@ -226,6 +226,27 @@ pub async fn record_action(
     Ok(())
 }
 
+/// The gate of every admin-only console action, in the order the console relies on:
+/// the form's CSRF token, then the admin role, then the `admin.action` event naming
+/// `action` with `detail`. Each refusal is recorded; the caller acts only on `Ok`.
+pub async fn authorize_admin_action(
+    data: &crate::app::Data,
+    req: &actix_web::HttpRequest,
+    who: &Console,
+    csrf: &str,
+    action: &str,
+    detail: &[(&str, serde_json::Value)],
+) -> Result<(), AdminError> {
+    pages::check_csrf(data, req, who, csrf).await?;
+    pages::require_admin(data, req, who, action).await?;
+    let mut fields = serde_json::Map::new();
+    fields.insert("action".into(), action.into());
+    for (k, v) in detail {
+        fields.insert((*k).to_owned(), v.clone());
+    }
+    record_action(data, req, who, serde_json::Value::Object(fields)).await
+}
+
 /// UTC `YYYY-MM-DD HH:MM:SS` for display.
 pub fn show_time(us: i64) -> String {
     let full = audit_store::rfc3339_us(us);

@@ -10,7 +10,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::auth::redirect;
-use super::{admin_event, html, now_us, parse_time, record_action, show_time, AdminError, Console};
+use super::{
+    admin_event, authorize_admin_action, html, now_us, parse_time, record_action, show_time,
+    AdminError, Console,
+};
 use crate::app::Data;
 use crate::request_meta::RequestMeta;
 
@@ -881,17 +884,18 @@ pub async fn plugin_action(
     path: web::Path<(String, String)>,
     form: web::Form<CsrfOnly>,
 ) -> Result<HttpResponse, AdminError> {
-    check_csrf(&data, &req, &who, &form.csrf).await?;
     let (name, action) = path.into_inner();
     if action != "reload" && action != "disable" {
         return Err(AdminError::NotFound);
     }
-    require_admin(&data, &req, &who, &format!("plugin.{action}")).await?;
-    record_action(
+    let audited = format!("plugin.{action}");
+    authorize_admin_action(
         &data,
         &req,
         &who,
-        json!({ "action": format!("plugin.{action}"), "plugin": name }),
+        &form.csrf,
+        &audited,
+        &[("plugin", json!(name))],
     )
     .await?;
     let host_data = data.clone();

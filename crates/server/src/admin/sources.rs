@@ -8,8 +8,8 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::auth::redirect;
-use super::pages::{check_csrf, require_admin, PageCtx};
-use super::{html, record_action, show_time, AdminError, Console, CsrfForm};
+use super::pages::PageCtx;
+use super::{authorize_admin_action, html, show_time, AdminError, Console, CsrfForm};
 use crate::app::Data;
 
 pub struct SourceRow {
@@ -70,14 +70,14 @@ pub async fn add(
     who: Console,
     form: web::Form<AddForm>,
 ) -> Result<HttpResponse, AdminError> {
-    check_csrf(&data, &req, &who, &form.csrf).await?;
-    require_admin(&data, &req, &who, "source.add").await?;
     let name = form.name.trim().to_owned();
-    record_action(
+    authorize_admin_action(
         &data,
         &req,
         &who,
-        json!({ "action": "source.add", "source": name }),
+        &form.csrf,
+        "source.add",
+        &[("source", json!(name))],
     )
     .await?;
     let state = data.state.clone();
@@ -95,14 +95,14 @@ pub async fn revoke(
     name: web::Path<String>,
     form: web::Form<CsrfForm>,
 ) -> Result<HttpResponse, AdminError> {
-    check_csrf(&data, &req, &who, &form.csrf).await?;
-    require_admin(&data, &req, &who, "source.revoke").await?;
     let name = name.into_inner();
-    record_action(
+    authorize_admin_action(
         &data,
         &req,
         &who,
-        json!({ "action": "source.revoke", "source": name }),
+        &form.csrf,
+        "source.revoke",
+        &[("source", json!(name))],
     )
     .await?;
     let state = data.state.clone();
