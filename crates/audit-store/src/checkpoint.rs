@@ -5,7 +5,13 @@
 //! file is signed with the Ed25519 key in `key_dir` and names the previous file's
 //! signature, so removing or reordering checkpoint files is visible too. The public key
 //! is written beside them (`checkpoint-ed25519.pub`, hex) so they can be checked
-//! off the machine.
+//! off the machine. Each checkpoint is also written as a plain-text signed note
+//! (`<seq>-<kind>.note`, see [`crate::note`]) here and in every mirror folder, so a copy
+//! on another disk can be checked with the public key alone.
+//!
+//! A `loss` checkpoint is written only by `accept-loss`: the record no longer extends
+//! the checkpoints before it, and an operator recorded that (the `audit.loss_accepted`
+//! event at `last_id` says why). Checkpoints before a loss are not compared with rows.
 
 use std::fs;
 use std::io::Write;
@@ -41,6 +47,22 @@ pub(crate) struct File {
 
 pub(crate) const HEAD: &str = "head";
 pub(crate) const PRUNE: &str = "prune";
+pub(crate) const LOSS: &str = "loss";
+
+/// The newest signed checkpoint found anywhere: what the record must extend.
+#[derive(Clone, Debug)]
+pub(crate) struct Evidence {
+    pub path: PathBuf,
+    pub body: Body,
+    pub signature: String,
+}
+
+/// Every folder checkpoints are written to: the primary one first, then the mirrors.
+pub(crate) fn folders(primary: &Path, mirrors: &[PathBuf]) -> Vec<PathBuf> {
+    std::iter::once(primary.to_owned())
+        .chain(mirrors.iter().cloned())
+        .collect()
+}
 
 fn ck_err(path: &Path, message: impl Into<String>) -> StoreError {
     StoreError::Checkpoint {
@@ -49,16 +71,78 @@ fn ck_err(path: &Path, message: impl Into<String>) -> StoreError {
     }
 }
 
-/// Writes the public key next to the checkpoints (idempotent).
-pub(crate) fn ensure_dir(dir: &Path, keys: &Keys) -> Result<(), StoreError> {
-    fs::create_dir_all(dir)
-        .map_err(|e| StoreError::io("cannot create checkpoint directory", dir, e))?;
-    let p = keys::public_key_path(dir);
-    let want = hex::encode(keys.public_key());
-    if fs::read_to_string(&p).ok().as_deref().map(str::trim) != Some(want.as_str()) {
-        write_atomic(&p, format!("{want}\n").as_bytes())?;
+/// Writes the public key (hex, and as a note verifier key) into every checkpoint
+/// folder (idempotent).
+pub(crate) fn ensure_dirs(folders: &[PathBuf], keys: &Keys) -> Result<(), StoreError> {
+    for dir in folders {
+        fs::create_dir_all(dir)
+            .map_err(|e| StoreError::io("cannot create checkpoint directory", dir, e))?;
+        let hex_key = format!("{}\n", hex::encode(keys.public_key()));
+        let vkey = format!("{}\n", crate::note::verifier_key(keys.public_key()));
+        for (p, want) in [
+            (keys::public_key_path(dir), hex_key),
+            (dir.join(crate::note::VKEY_FILE), vkey),
+        ] {
+            if fs::read_to_string(&p).ok().as_deref() != Some(want.as_str()) {
+                write_atomic(&p, want.as_bytes())?;
+            }
+        }
     }
     Ok(())
+}
+
+/// Whether any folder holds a checkpoint file (signed or not): then a missing record
+/// is a loss, not a first start.
+pub(crate) fn any(folders: &[PathBuf]) -> bool {
+    folders.iter().any(|dir| {
+        fs::read_dir(dir).is_ok_and(|rd| {
+            rd.flatten().any(|e| {
+                let name = e.file_name();
+                let name = name.to_string_lossy();
+                name.ends_with(".json") || name.ends_with(".note")
+            })
+        })
+    })
+}
+
+/// The newest checkpoint (highest sequence number) in any folder, JSON or note, after
+/// checking its signature. A checkpoint that does not verify is an error: it is
+/// evidence, and a damaged copy must be looked at, not skipped.
+pub(crate) fn newest(
+    folders: &[PathBuf],
+    public_key: &[u8],
+) -> Result<Option<Evidence>, StoreError> {
+    let mut best: Option<Evidence> = None;
+    let mut consider = |e: Evidence| {
+        if best.as_ref().is_none_or(|b| e.body.seq > b.body.seq) {
+            best = Some(e);
+        }
+    };
+    if let Some(primary) = folders.first() {
+        for (path, f) in load_all(primary)? {
+            if !signature_ok(public_key, &f) {
+                return Err(ck_err(
+                    &path,
+                    "its signature does not verify with this store's checkpoint key",
+                ));
+            }
+            consider(Evidence {
+                path,
+                body: f.body,
+                signature: f.signature,
+            });
+        }
+    }
+    for dir in folders {
+        for (path, n) in crate::note::load_dir(dir, public_key)? {
+            consider(Evidence {
+                path,
+                body: n.body,
+                signature: n.json_signature,
+            });
+        }
+    }
+    Ok(best)
 }
 
 /// All checkpoint files in sequence order (unparseable names are ignored; unparseable
@@ -110,25 +194,25 @@ pub(crate) fn signature_ok(public_key: &[u8], f: &File) -> bool {
         .is_ok()
 }
 
-/// Continues the sequence of files in a directory.
+/// Continues the sequence of checkpoints, from the newest one found in any folder (so
+/// a primary folder that lost files continues from its mirror, not from a gap).
 pub(crate) struct Sequence {
-    dir: PathBuf,
+    folders: Vec<PathBuf>,
     next_seq: u64,
     prev_signature: Option<String>,
 }
 
 impl Sequence {
-    pub fn open(dir: &Path) -> Result<Sequence, StoreError> {
-        let all = load_all(dir)?;
-        let (next_seq, prev_signature) = match all.last() {
-            Some((_, f)) => (f.body.seq + 1, Some(f.signature.clone())),
+    pub fn open(folders: Vec<PathBuf>, newest: Option<&Evidence>) -> Sequence {
+        let (next_seq, prev_signature) = match newest {
+            Some(e) => (e.body.seq + 1, Some(e.signature.clone())),
             None => (1, None),
         };
-        Ok(Sequence {
-            dir: dir.to_owned(),
+        Sequence {
+            folders,
             next_seq,
             prev_signature,
-        })
+        }
     }
 
     pub fn write(
@@ -155,8 +239,19 @@ impl Sequence {
             body,
             signature: base64::engine::general_purpose::STANDARD.encode(sig.as_ref()),
         };
-        let path = self.dir.join(format!("{:010}-{kind}.json", self.next_seq));
+        let stem = format!("{:010}-{kind}", self.next_seq);
+        let primary = &self.folders[0];
+        let path = primary.join(format!("{stem}.json"));
         write_atomic(&path, &serde_json::to_vec_pretty(&file)?)?;
+        let note = crate::note::render(keys, &file.body, &file.signature);
+        write_atomic(&primary.join(format!("{stem}.note")), note.as_bytes())?;
+        for mirror in &self.folders[1..] {
+            // A mirror on a share that is down must not stop the record: the primary
+            // copy is written, and the failure is loud.
+            if let Err(e) = write_atomic(&mirror.join(format!("{stem}.note")), note.as_bytes()) {
+                tracing::error!(error = %e, mirror = %mirror.display(), "could not mirror an audit checkpoint");
+            }
+        }
         self.next_seq += 1;
         self.prev_signature = Some(file.signature);
         Ok(path)

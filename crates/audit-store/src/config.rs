@@ -39,6 +39,9 @@ pub struct StoreConfig {
     pub key_dir: PathBuf,
     /// Signed checkpoints of the chain head; copy them off the machine.
     pub checkpoint_dir: PathBuf,
+    /// Further folders (another disk, a mounted share) that receive a signed-note copy
+    /// of every checkpoint as it is written, and are read as evidence at every open.
+    pub checkpoint_mirrors: Vec<PathBuf>,
     pub synchronous: Synchronous,
     /// Messages (not events) the writer queue holds before submitters wait.
     pub queue_capacity: usize,
@@ -82,6 +85,7 @@ impl StoreConfig {
             db_path: data_dir.join("audit.db"),
             key_dir: data_dir.join("keys").join("audit"),
             checkpoint_dir: data_dir.join("checkpoints"),
+            checkpoint_mirrors: Vec::new(),
             synchronous: Synchronous::Full,
             queue_capacity: 16_384,
             max_batch: 4096,

@@ -32,6 +32,11 @@ pub enum StoreError {
     #[error("audit checkpoint {path}: {message}")]
     Checkpoint { path: PathBuf, message: String },
 
+    /// The record lost rows its signed checkpoints vouch for, or is missing while its
+    /// keys or checkpoints exist. The message names the range and what to do.
+    #[error("{0}")]
+    LostHistory(String),
+
     /// The transaction holding this event (or alert change) did not commit; the store
     /// keeps retrying with later batches. Callers must fail closed.
     #[error("audit store is not writable, the record was NOT committed: {0}")]

@@ -53,6 +53,11 @@ pub(crate) fn load_or_create(key_dir: &Path) -> Result<Keys, StoreError> {
     load(key_dir)
 }
 
+/// Whether either key file is present (a record without them cannot be extended).
+pub(crate) fn exist(key_dir: &Path) -> bool {
+    key_dir.join(CHAIN_KEY).exists() || key_dir.join(SIGN_KEY).exists()
+}
+
 /// Loads existing keys; never creates any (used by `verify`).
 pub(crate) fn load(key_dir: &Path) -> Result<Keys, StoreError> {
     let chain = key_dir.join(CHAIN_KEY);
@@ -77,8 +82,13 @@ fn read_private(path: &Path) -> Result<Vec<u8>, StoreError> {
     let meta = fs::metadata(path).map_err(|e| {
         key_err(path, format!("cannot read ({e}); restore it from backup — without it the audit chain cannot be verified or extended"))
     })?;
-    if meta.permissions().mode() & 0o077 != 0 {
-        tracing::warn!(path = %path.display(), "audit key file is readable by group/others; chmod 600 it");
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        // Whoever can read the chain key can rewrite history undetectably.
+        return Err(key_err(
+            path,
+            format!("is accessible to group or others (mode {mode:o}); run `chmod 600 {}` and check who could have read it", path.display()),
+        ));
     }
     fs::read(path).map_err(|e| key_err(path, format!("cannot read: {e}")))
 }

@@ -71,6 +71,9 @@ pub mod kinds {
     /// One request to the ingest API (`POST /api/v1/events`), with its counts;
     /// the events it carried are recorded each under their own kind.
     pub const INGEST_BATCH: &str = "ingest.batch";
+    /// An operator recorded that audit history was lost (`tokenwatch audit accept-loss`):
+    /// the record did not extend its newest signed checkpoint. Names the missing range.
+    pub const AUDIT_LOSS_ACCEPTED: &str = "audit.loss_accepted";
 
     /// Every kind above, in documentation order.
     pub const ALL: &[&str] = &[
@@ -93,6 +96,7 @@ pub mod kinds {
         LOCKOUT_APPLIED,
         LOCKOUT_LIFTED,
         INGEST_BATCH,
+        AUDIT_LOSS_ACCEPTED,
     ];
 }
 

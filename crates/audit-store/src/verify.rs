@@ -23,7 +23,7 @@ use std::fmt;
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
 
 use crate::chain::{self, RowFields, GENESIS};
-use crate::checkpoint::{self, HEAD, PRUNE};
+use crate::checkpoint::{self, HEAD, LOSS, PRUNE};
 use crate::{keys, StoreConfig, StoreError};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -50,6 +50,9 @@ pub struct ChainProblem {
 pub struct VerifyReport {
     pub rows_checked: u64,
     pub checkpoints_checked: u64,
+    /// Losses of history an operator recorded (`audit.loss_accepted`, signed `loss`
+    /// checkpoints): the record is intact since, but not complete.
+    pub losses_accepted: u64,
     pub first_problem: Option<ChainProblem>,
 }
 
@@ -62,6 +65,12 @@ impl VerifyReport {
 impl fmt::Display for VerifyReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.first_problem {
+            None if self.losses_accepted > 0 => write!(
+                f,
+                "audit chain OK: {} rows and {} signed checkpoints verified; {} recorded loss(es) of \
+                 history (see the audit.loss_accepted events)",
+                self.rows_checked, self.checkpoints_checked, self.losses_accepted
+            ),
             None => write!(
                 f,
                 "audit chain OK: {} rows and {} signed checkpoints verified",
@@ -105,6 +114,7 @@ pub fn verify_chain(cfg: &StoreConfig) -> Result<VerifyReport, StoreError> {
     let mut report = VerifyReport {
         rows_checked: 0,
         checkpoints_checked: 0,
+        losses_accepted: 0,
         first_problem: None,
     };
 
@@ -133,6 +143,31 @@ pub fn verify_chain(cfg: &StoreConfig) -> Result<VerifyReport, StoreError> {
         prev_seq = f.body.seq;
         report.checkpoints_checked += 1;
     }
+    // Mirrors hold signed-note copies: one newer than the primary folder's newest file
+    // means checkpoint files were removed from it.
+    let folders = checkpoint::folders(&cfg.checkpoint_dir, &cfg.checkpoint_mirrors);
+    let newest = checkpoint::newest(&folders, &public)?;
+    if let Some(e) = newest.as_ref().filter(|e| e.body.seq > prev_seq) {
+        report.first_problem = problem(
+            e.body.last_id,
+            ProblemKind::BadCheckpoint,
+            format!(
+                "checkpoint #{} ({}) is missing from {}: checkpoint files were removed",
+                e.body.seq,
+                e.path.display(),
+                cfg.checkpoint_dir.display()
+            ),
+        );
+        return Ok(report);
+    }
+    // Checkpoints before the newest recorded loss describe history that is gone.
+    report.losses_accepted = files.iter().filter(|(_, f)| f.body.kind == LOSS).count() as u64;
+    let since_loss = files
+        .iter()
+        .filter(|(_, f)| f.body.kind == LOSS)
+        .map(|(_, f)| f.body.seq)
+        .max()
+        .unwrap_or(0);
 
     // 2. Retention: the anchor must be covered by a signed prune checkpoint.
     let anchor: Option<(i64, Vec<u8>)> = tx
@@ -178,7 +213,11 @@ pub fn verify_chain(cfg: &StoreConfig) -> Result<VerifyReport, StoreError> {
     }
     let heads: HashMap<i64, &checkpoint::File> = files
         .iter()
-        .filter(|(_, f)| f.body.kind == HEAD && f.body.last_id > prev_id)
+        .filter(|(_, f)| {
+            (f.body.kind == HEAD || f.body.kind == LOSS)
+                && f.body.seq >= since_loss
+                && f.body.last_id > prev_id
+        })
         .map(|(_, f)| (f.body.last_id, f))
         .collect();
 
@@ -266,7 +305,11 @@ pub fn verify_chain(cfg: &StoreConfig) -> Result<VerifyReport, StoreError> {
     }
 
     // 4. Truncation: the newest head checkpoint must still be in the table.
-    if let Some((path, f)) = files.iter().rev().find(|(_, f)| f.body.kind == HEAD) {
+    if let Some((path, f)) = files
+        .iter()
+        .rev()
+        .find(|(_, f)| (f.body.kind == HEAD || f.body.kind == LOSS) && f.body.seq >= since_loss)
+    {
         if f.body.last_id > last_id {
             report.first_problem = problem(
                 last_id + 1,

@@ -15,12 +15,22 @@ use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use crate::chain::{self, Mac, RowFields, GENESIS};
 use crate::checkpoint::{self, Sequence};
 use crate::ecs::SecurityLog;
+use crate::evidence;
 use crate::index::{self, IndexProgress, IndexerHandle};
 use crate::keys::{self, Keys};
 use crate::reader::AuditReader;
 use crate::{
     model::now_us, AlertStatus, NewAlert, NewEvent, StoreConfig, StoreError, MAX_EVIDENCE,
 };
+
+/// What `open_accepting_loss` recorded.
+#[derive(Clone, Debug)]
+pub struct AcceptedLoss {
+    /// What was lost, as the refusal said it.
+    pub message: String,
+    /// The id of the `audit.loss_accepted` event.
+    pub event_id: i64,
+}
 
 /// Rows deleted per retention transaction, so the writer never stalls for long.
 const PRUNE_CHUNK: usize = 20_000;
@@ -48,7 +58,8 @@ enum Msg {
         note: Option<String>,
         ack: AckTx<()>,
     },
-    Checkpoint(AckTx<i64>),
+    /// Sign the head now, as a checkpoint of this kind (`head` or `loss`).
+    Checkpoint(&'static str, AckTx<i64>),
     Prune(AckTx<u64>),
     Shutdown,
 }
@@ -243,20 +254,71 @@ fn spawn_checkpointer(cfg: &StoreConfig) -> Result<(Sender<()>, JoinHandle<()>),
 }
 
 impl AuditStore {
-    /// Opens (creating if needed) the database, keys and checkpoint folder, migrates the
-    /// schema, and starts the writer thread.
+    /// Opens (creating if needed) the database, keys and checkpoint folders, migrates the
+    /// schema, and starts the writer thread. Refuses a record that does not extend its
+    /// newest signed checkpoint, or that is missing while its keys or checkpoints exist
+    /// ([`StoreError::LostHistory`]).
     pub fn open(cfg: StoreConfig) -> Result<AuditStore, StoreError> {
+        Self::open_checked(cfg, None).map(|(s, _)| s)
+    }
+
+    /// Opens the store like [`AuditStore::open`], but where rows were lost, records the
+    /// loss instead of refusing: an `audit.loss_accepted` event (with `reason`, `actor`
+    /// and the missing range, chained like any event) and a signed `loss` checkpoint
+    /// that later checkpoints extend. `None` when nothing was lost.
+    pub fn open_accepting_loss(
+        cfg: StoreConfig,
+        reason: &str,
+        actor: &str,
+    ) -> Result<(AuditStore, Option<AcceptedLoss>), StoreError> {
+        if reason.trim().is_empty() {
+            return Err(StoreError::InvalidArgument(
+                "a reason is required to accept a loss of audit history".into(),
+            ));
+        }
+        Self::open_checked(cfg, Some((reason, actor)))
+    }
+
+    fn open_checked(
+        cfg: StoreConfig,
+        accept: Option<(&str, &str)>,
+    ) -> Result<(AuditStore, Option<AcceptedLoss>), StoreError> {
         if cfg.queue_capacity == 0 || cfg.max_batch == 0 {
             return Err(StoreError::InvalidArgument(
                 "queue_capacity and max_batch must be at least 1".into(),
             ));
         }
-        let keys = keys::load_or_create(&cfg.key_dir)?;
-        checkpoint::ensure_dir(&cfg.checkpoint_dir, &keys)?;
+        let folders = checkpoint::folders(&cfg.checkpoint_dir, &cfg.checkpoint_mirrors);
+        let missing = evidence::missing_record(&cfg, checkpoint::any(&folders));
+        if let (Some(loss), None) = (&missing, accept) {
+            return Err(StoreError::LostHistory(loss.message.clone()));
+        }
         let mut conn = open_rw(&cfg)?;
         crate::schema::migrate(&mut conn)?;
         let (next_id, head) = chain_head(&conn)?;
-        let ckpt = Sequence::open(&cfg.checkpoint_dir)?;
+        // New keys for a record that already holds rows would make it unverifiable.
+        let keys = if next_id > 1 {
+            keys::load(&cfg.key_dir)?
+        } else {
+            keys::load_or_create(&cfg.key_dir)?
+        };
+        checkpoint::ensure_dirs(&folders, &keys)?;
+        let newest = checkpoint::newest(&folders, keys.public_key())?;
+        let loss = match missing {
+            Some(l) => Some(l),
+            None => evidence::compare(&conn, &cfg.db_path, newest.as_ref(), next_id - 1)?,
+        };
+        if let (Some(l), None) = (&loss, accept) {
+            return Err(StoreError::LostHistory(l.message.clone()));
+        }
+        let signed = match (&loss, &newest) {
+            (None, Some(e)) => Some((
+                e.body.last_id,
+                hex::decode(&e.body.last_hash).unwrap_or_default(),
+            )),
+            _ => None,
+        };
+        let ckpt = Sequence::open(folders, newest.as_ref());
         let security_log = match &cfg.security_log_dir {
             Some(d) => Some(SecurityLog::open(d)?),
             None => None,
@@ -290,6 +352,7 @@ impl AuditStore {
             last_checkpoint: now,
             next_prune: now,
             security_log,
+            signed,
         };
         let handle = thread::Builder::new()
             .name("audit-writer".into())
@@ -301,13 +364,51 @@ impl AuditStore {
             shared.watch.clone(),
             shared.index.clone(),
         )?);
-        Ok(AuditStore {
+        let store = AuditStore {
             cfg,
             shared,
             tx,
             handle: Some(handle),
             checkpointer,
             indexer,
+        };
+        let accepted = match (loss, accept) {
+            (Some(l), Some((reason, actor))) => Some(store.record_loss(l, reason, actor)?),
+            _ => None,
+        };
+        Ok((store, accepted))
+    }
+
+    /// Records an accepted loss: the event first (so the loss checkpoint can sign it as
+    /// its head), then the `loss` checkpoint.
+    fn record_loss(
+        &self,
+        loss: evidence::Loss,
+        reason: &str,
+        actor: &str,
+    ) -> Result<AcceptedLoss, StoreError> {
+        let mut detail = loss.detail;
+        detail["reason"] = reason.into();
+        detail["actor"] = actor.into();
+        let ev = NewEvent::new(crate::kinds::AUDIT_LOSS_ACCEPTED, crate::Outcome::Success)
+            .with_reason(detail["what"].as_str().unwrap_or("lost").to_owned())
+            .with_username(actor)
+            .with_detail(detail);
+        let event_id = self.writer().record_blocking(ev)?;
+        let (a, r) = oneshot::channel();
+        self.tx
+            .send(Msg::Checkpoint(checkpoint::LOSS, a))
+            .map_err(|_| StoreError::WriterGone)?;
+        Ack(r).wait()?;
+        tracing::warn!(
+            event_id,
+            reason,
+            actor,
+            "a loss of audit history was accepted and recorded"
+        );
+        Ok(AcceptedLoss {
+            message: loss.message,
+            event_id,
         })
     }
 
@@ -362,7 +463,7 @@ impl AuditStore {
     pub fn checkpoint_now(&self) -> Result<i64, StoreError> {
         let (a, r) = oneshot::channel();
         self.tx
-            .send(Msg::Checkpoint(a))
+            .send(Msg::Checkpoint(checkpoint::HEAD, a))
             .map_err(|_| StoreError::WriterGone)?;
         Ack(r).wait()
     }
@@ -566,6 +667,9 @@ struct Writer {
     last_checkpoint: Instant,
     next_prune: Instant,
     security_log: Option<SecurityLog>,
+    /// The newest head this store signed or found signed (id, chain hash). A head
+    /// checkpoint is written only if the record still holds that row unchanged.
+    signed: Option<(i64, Vec<u8>)>,
 }
 
 impl Writer {
@@ -593,7 +697,7 @@ impl Writer {
             for m in batch.drain(..) {
                 match m {
                     Msg::Shutdown => shutdown = true,
-                    Msg::Checkpoint(_) | Msg::Prune(_) => control.push(m),
+                    Msg::Checkpoint(..) | Msg::Prune(_) => control.push(m),
                     m => work.push(m),
                 }
             }
@@ -602,8 +706,8 @@ impl Writer {
             }
             for m in control {
                 match m {
-                    Msg::Checkpoint(a) => {
-                        let _ = a.send(self.checkpoint().map(|_| self.next_id - 1));
+                    Msg::Checkpoint(kind, a) => {
+                        let _ = a.send(self.checkpoint(kind).map(|_| self.next_id - 1));
                     }
                     Msg::Prune(a) => {
                         let _ = a.send(self.prune());
@@ -636,7 +740,7 @@ impl Writer {
             }
             self.timers();
         }
-        self.checkpoint()?;
+        self.checkpoint(checkpoint::HEAD)?;
         Ok(())
     }
 
@@ -651,7 +755,7 @@ impl Writer {
     fn timers(&mut self) {
         let now = Instant::now();
         if now >= self.last_checkpoint + self.cfg.checkpoint_interval {
-            if let Err(e) = self.checkpoint() {
+            if let Err(e) = self.checkpoint(checkpoint::HEAD) {
                 tracing::error!(error = %e, "writing audit checkpoint failed");
             }
         }
@@ -846,11 +950,25 @@ impl Writer {
         }
     }
 
-    fn checkpoint(&mut self) -> Result<(), StoreError> {
+    fn checkpoint(&mut self, kind: &'static str) -> Result<(), StoreError> {
         self.last_checkpoint = Instant::now();
         let last_id = self.next_id - 1;
-        if last_id == self.checkpointed_id || last_id < 1 || self.needs_resync {
+        let forced = kind == checkpoint::LOSS;
+        if !forced && (last_id == self.checkpointed_id || last_id < 1 || self.needs_resync) {
             return Ok(());
+        }
+        if !forced {
+            if let Some((id, hash)) = &self.signed {
+                if !evidence::still_holds(&self.conn, *id, hash)? {
+                    let msg = format!(
+                        "refusing to sign a checkpoint: the audit record no longer holds row {id} as signed \
+                         before (rows were removed or rewritten underneath the server)"
+                    );
+                    tracing::error!("{msg}");
+                    self.set_health(Some(msg.clone()));
+                    return Err(StoreError::LostHistory(msg));
+                }
+            }
         }
         let anchor: i64 = self
             .conn
@@ -863,13 +981,14 @@ impl Writer {
             .unwrap_or(0);
         self.ckpt.write(
             &self.shared.keys,
-            checkpoint::HEAD,
+            kind,
             last_id,
             &self.head,
             last_id - anchor,
             now_us(),
         )?;
         self.checkpointed_id = last_id;
+        self.signed = Some((last_id, self.head.to_vec()));
         Ok(())
     }
 

@@ -25,6 +25,22 @@ pub struct Cli {
     /// Folder of detector plugins (default: <data-dir>/plugins).
     #[arg(long, global = true, env = "TOKENWATCH_PLUGIN_DIR")]
     pub plugin_dir: Option<PathBuf>,
+    /// The audit chain and checkpoint keys (default: <data-dir>/keys/audit). Keep them
+    /// apart from the data: another volume or a secret mount.
+    #[arg(long, global = true, env = "TOKENWATCH_AUDIT_KEY_DIR")]
+    pub audit_key_dir: Option<PathBuf>,
+    /// Signed checkpoints of the audit chain (default: <data-dir>/checkpoints).
+    #[arg(long, global = true, env = "TOKENWATCH_CHECKPOINT_DIR")]
+    pub checkpoint_dir: Option<PathBuf>,
+    /// A further folder that receives a signed copy of every checkpoint; repeat the
+    /// flag, or separate folders with ':' in the variable.
+    #[arg(
+        long = "checkpoint-mirror",
+        global = true,
+        env = "TOKENWATCH_CHECKPOINT_MIRRORS",
+        value_delimiter = ':'
+    )]
+    pub checkpoint_mirrors: Vec<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -255,6 +271,16 @@ pub enum KeysCmd {
 pub enum AuditCmd {
     /// Verify the hash chain against the signed checkpoints; names the first bad row.
     Verify,
+    /// Record that audit history was lost, so the server can start again on a record
+    /// that no longer extends its signed checkpoints (rows cut off, an older backup
+    /// restored, the database deleted). Writes an `audit.loss_accepted` event naming
+    /// the missing range, the reason and who ran it, and a signed `loss` checkpoint;
+    /// `audit verify` reports the loss from then on. Does nothing when nothing was lost.
+    AcceptLoss {
+        /// Why the history was lost (kept in the record).
+        #[arg(long)]
+        reason: String,
+    },
     /// Check a CSV report downloaded from the admin UI against its signed
     /// manifest: signature (keys of the data directory), SHA-256, size, rows.
     VerifyExport {
@@ -305,6 +331,10 @@ pub fn settings(cli: &Cli, serve: Option<&ServeArgs>) -> Result<Settings> {
         listen: serve.and_then(|s| s.listen.clone()),
         data_dir: cli.data_dir.clone(),
         plugin_dir: cli.plugin_dir.clone(),
+        audit_key_dir: cli.audit_key_dir.clone(),
+        checkpoint_dir: cli.checkpoint_dir.clone(),
+        checkpoint_mirrors: (!cli.checkpoint_mirrors.is_empty())
+            .then(|| cli.checkpoint_mirrors.clone()),
     };
     Ok(Settings::resolve(file, &overrides)?)
 }

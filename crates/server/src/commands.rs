@@ -257,6 +257,22 @@ pub fn audit(settings: &Settings, cmd: AuditCmd) -> Result<()> {
             }
             Ok(())
         }
+        AuditCmd::AcceptLoss { reason } => {
+            let _lock = DataDirLock::acquire(&settings.data_dir)?;
+            let (store, loss) =
+                AuditStore::open_accepting_loss(settings.store_config(), &reason, &operator())
+                    .context("opening the audit store")?;
+            store.shutdown().context("closing the audit store")?;
+            match loss {
+                None => cli::print_line(
+                    "nothing to accept: the audit record extends its newest signed checkpoint",
+                ),
+                Some(l) => cli::print_line(&format!(
+                    "recorded as audit event {} (audit.loss_accepted): {}",
+                    l.event_id, l.message
+                )),
+            }
+        }
         AuditCmd::VerifyExport { csv, manifest } => {
             let m = crate::admin::reports::verify_export(
                 &settings.jwt_key_dir(),

@@ -65,6 +65,14 @@ pub struct AuditFileConfig {
     pub checkpoint_interval_secs: Option<u64>,
     /// Write one ECS JSON line per audit event under `<data_dir>/security-log/`.
     pub security_log: Option<bool>,
+    /// The chain HMAC key and checkpoint signing key (default `<data_dir>/keys/audit`).
+    /// Put it on another volume or a secret mount, so that whoever takes the data
+    /// directory does not take the means to rewrite it.
+    pub key_dir: Option<PathBuf>,
+    /// Signed checkpoints (default `<data_dir>/checkpoints`).
+    pub checkpoint_dir: Option<PathBuf>,
+    /// Further folders that receive a signed-note copy of every checkpoint.
+    pub checkpoint_mirrors: Option<Vec<PathBuf>>,
 }
 
 /// `[response]`: what alerts do at the token endpoint.
@@ -125,6 +133,9 @@ pub struct Settings {
     pub audit_retention: Option<Duration>,
     pub checkpoint_interval: Duration,
     pub security_log: bool,
+    pub audit_key_dir: PathBuf,
+    pub checkpoint_dir: PathBuf,
+    pub checkpoint_mirrors: Vec<PathBuf>,
     pub plugin_config: std::collections::HashMap<String, serde_json::Value>,
     pub response: ResponsePolicy,
     pub trusted_proxies: Vec<ipnet::IpNet>,
@@ -146,6 +157,10 @@ pub struct Overrides {
     pub listen: Option<String>,
     pub data_dir: Option<PathBuf>,
     pub plugin_dir: Option<PathBuf>,
+    pub audit_key_dir: Option<PathBuf>,
+    pub checkpoint_dir: Option<PathBuf>,
+    /// Replaces the file's list when given.
+    pub checkpoint_mirrors: Option<Vec<PathBuf>>,
 }
 
 impl Settings {
@@ -169,6 +184,27 @@ impl Settings {
             .clone()
             .or(file.plugin_dir)
             .unwrap_or_else(|| data_dir.join("plugins"));
+        let audit_key_dir = cli
+            .audit_key_dir
+            .clone()
+            .or(file.audit.key_dir)
+            .unwrap_or_else(|| data_dir.join("keys").join("audit"));
+        let checkpoint_dir = cli
+            .checkpoint_dir
+            .clone()
+            .or(file.audit.checkpoint_dir)
+            .unwrap_or_else(|| data_dir.join("checkpoints"));
+        let checkpoint_mirrors = cli
+            .checkpoint_mirrors
+            .clone()
+            .or(file.audit.checkpoint_mirrors)
+            .unwrap_or_default();
+        if let Some(m) = checkpoint_mirrors.iter().find(|m| **m == checkpoint_dir) {
+            return Err(ConfigError::Invalid {
+                key: "audit.checkpoint_mirrors",
+                message: format!("{} is the checkpoint folder itself; a mirror must be another folder (another disk or share)", m.display()),
+            });
+        }
         let signing_alg = file
             .signing_alg
             .as_deref()
@@ -246,6 +282,9 @@ impl Settings {
                 file.audit.checkpoint_interval_secs.unwrap_or(60),
             ),
             security_log: file.audit.security_log.unwrap_or(false),
+            audit_key_dir,
+            checkpoint_dir,
+            checkpoint_mirrors,
             plugin_config,
             data_dir,
         })
@@ -264,6 +303,9 @@ impl Settings {
 
     pub fn store_config(&self) -> audit_store::StoreConfig {
         let mut cfg = audit_store::StoreConfig::in_data_dir(&self.data_dir);
+        cfg.key_dir = self.audit_key_dir.clone();
+        cfg.checkpoint_dir = self.checkpoint_dir.clone();
+        cfg.checkpoint_mirrors = self.checkpoint_mirrors.clone();
         cfg.synchronous = self.audit_synchronous;
         cfg.retention = self.audit_retention;
         cfg.checkpoint_interval = self.checkpoint_interval;

@@ -14,7 +14,7 @@ pub fn open(file: FileConfig) -> (tempfile::TempDir, web::Data<AppState>) {
         &Overrides {
             listen: Some("127.0.0.1:0".into()),
             data_dir: Some(tmp.path().join("data")),
-            plugin_dir: None,
+            ..Default::default()
         },
     )
     .expect("settings");
