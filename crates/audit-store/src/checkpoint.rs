@@ -112,37 +112,100 @@ pub(crate) fn newest(
     folders: &[PathBuf],
     public_key: &[u8],
 ) -> Result<Option<Evidence>, StoreError> {
+    scan(folders, public_key, false).map(|(e, _)| e)
+}
+
+/// Like [`newest`], for `accept-loss`: a checkpoint file that cannot be read or does
+/// not verify is renamed to `<name>.damaged` (kept for forensics, out of the sequence)
+/// and named in the returned list instead of stopping the operator.
+pub(crate) fn newest_setting_aside_damaged(
+    folders: &[PathBuf],
+    public_key: &[u8],
+) -> Result<(Option<Evidence>, Vec<String>), StoreError> {
+    scan(folders, public_key, true)
+}
+
+fn scan(
+    folders: &[PathBuf],
+    public_key: &[u8],
+    set_aside: bool,
+) -> Result<(Option<Evidence>, Vec<String>), StoreError> {
     let mut best: Option<Evidence> = None;
-    let mut consider = |e: Evidence| {
-        if best.as_ref().is_none_or(|b| e.body.seq > b.body.seq) {
-            best = Some(e);
-        }
-    };
-    if let Some(primary) = folders.first() {
-        for (path, f) in load_all(primary)? {
-            if !signature_ok(public_key, &f) {
-                return Err(ck_err(
-                    &path,
-                    "its signature does not verify with this store's checkpoint key",
-                ));
+    let mut damaged = Vec::new();
+    for (i, dir) in folders.iter().enumerate() {
+        for path in checkpoint_files(dir, i == 0)? {
+            match read_evidence(&path, public_key) {
+                Ok(e) => {
+                    if best.as_ref().is_none_or(|b| e.body.seq > b.body.seq) {
+                        best = Some(e);
+                    }
+                }
+                Err(e) if set_aside => {
+                    let aside = PathBuf::from(format!("{}.damaged", path.display()));
+                    fs::rename(&path, &aside)
+                        .map_err(|err| StoreError::io("cannot set aside", &path, err))?;
+                    tracing::warn!(error = %e, aside = %aside.display(), "set a damaged checkpoint aside");
+                    damaged.push(e.to_string());
+                }
+                Err(e) => return Err(e),
             }
-            consider(Evidence {
-                path,
-                body: f.body,
-                signature: f.signature,
-            });
         }
     }
-    for dir in folders {
-        for (path, n) in crate::note::load_dir(dir, public_key)? {
-            consider(Evidence {
-                path,
-                body: n.body,
-                signature: n.json_signature,
-            });
+    Ok((best, damaged))
+}
+
+/// The checkpoint files of one folder: notes, and in the primary folder JSON too.
+fn checkpoint_files(dir: &Path, with_json: bool) -> Result<Vec<PathBuf>, StoreError> {
+    let rd = match fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(StoreError::io("cannot list checkpoint folder", dir, e)),
+    };
+    let mut out = Vec::new();
+    for ent in rd {
+        let path = ent
+            .map_err(|e| StoreError::io("cannot list checkpoint folder", dir, e))?
+            .path();
+        match path.extension().and_then(|e| e.to_str()) {
+            Some("note") => out.push(path),
+            Some("json") if with_json && is_sequence_name(&path) => out.push(path),
+            _ => {}
         }
     }
-    Ok(best)
+    out.sort();
+    Ok(out)
+}
+
+fn is_sequence_name(path: &Path) -> bool {
+    path.file_stem()
+        .and_then(|s| s.to_str())
+        .and_then(|s| s.split_once('-'))
+        .is_some_and(|(seq, _)| seq.parse::<u64>().is_ok())
+}
+
+fn read_evidence(path: &Path, public_key: &[u8]) -> Result<Evidence, StoreError> {
+    let bytes = fs::read(path).map_err(|e| StoreError::io("cannot read checkpoint", path, e))?;
+    if path.extension().and_then(|e| e.to_str()) == Some("note") {
+        let n = crate::note::parse(path, &bytes, public_key)?;
+        return Ok(Evidence {
+            path: path.to_owned(),
+            body: n.body,
+            signature: n.json_signature,
+        });
+    }
+    let f: File = serde_json::from_slice(&bytes)
+        .map_err(|e| ck_err(path, format!("not a checkpoint file: {e}")))?;
+    if !signature_ok(public_key, &f) {
+        return Err(ck_err(
+            path,
+            "its signature does not verify with this store's checkpoint key",
+        ));
+    }
+    Ok(Evidence {
+        path: path.to_owned(),
+        body: f.body,
+        signature: f.signature,
+    })
 }
 
 /// All checkpoint files in sequence order (unparseable names are ignored; unparseable

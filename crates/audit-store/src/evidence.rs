@@ -118,6 +118,25 @@ pub(crate) fn compare(
     }))
 }
 
+/// Checkpoint files set aside as damaged are a loss of evidence: recorded even when
+/// the record extends what remains.
+pub(crate) fn with_damaged(loss: Option<Loss>, damaged: Vec<String>) -> Option<Loss> {
+    if damaged.is_empty() {
+        return loss;
+    }
+    let mut l = loss.unwrap_or_else(|| Loss {
+        message: "damaged checkpoint files were set aside".into(),
+        detail: json!({ "what": "damaged_checkpoints" }),
+    });
+    l.message = format!(
+        "{} (set aside as damaged: {})",
+        l.message,
+        damaged.join("; ")
+    );
+    l.detail["damaged_checkpoints"] = json!(damaged);
+    Some(l)
+}
+
 /// A record that is missing while its keys or checkpoints exist was deleted or moved:
 /// starting a fresh one would hide that.
 pub(crate) fn missing_record(cfg: &StoreConfig, checkpoints: bool) -> Option<Loss> {

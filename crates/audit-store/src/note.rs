@@ -21,8 +21,7 @@
 //! defines for Ed25519; the verifier key is published as
 //! `tokenwatch-audit+<key hash hex>+<base64(0x01 ‖ public key)>` in `checkpoint.vkey`.
 
-use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use aws_lc_rs::digest;
 use base64::engine::general_purpose::STANDARD as B64;
@@ -174,28 +173,6 @@ pub(crate) fn parse(path: &Path, bytes: &[u8], public_key: &[u8]) -> Result<Note
             prev_signature: (prev != "-").then_some(prev),
         },
     })
-}
-
-/// Every `*.note` in `dir`, verified, in sequence order. A missing folder has none.
-pub(crate) fn load_dir(dir: &Path, public_key: &[u8]) -> Result<Vec<(PathBuf, Note)>, StoreError> {
-    let rd = match fs::read_dir(dir) {
-        Ok(rd) => rd,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(StoreError::io("cannot list checkpoint folder", dir, e)),
-    };
-    let mut out = Vec::new();
-    for ent in rd {
-        let ent = ent.map_err(|e| StoreError::io("cannot list checkpoint folder", dir, e))?;
-        let path = ent.path();
-        if path.extension().and_then(|e| e.to_str()) != Some("note") {
-            continue;
-        }
-        let bytes =
-            fs::read(&path).map_err(|e| StoreError::io("cannot read checkpoint", &path, e))?;
-        out.push((path.clone(), parse(&path, &bytes, public_key)?));
-    }
-    out.sort_by_key(|(_, n)| n.body.seq);
-    Ok(out)
 }
 
 #[cfg(test)]

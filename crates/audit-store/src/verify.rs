@@ -131,7 +131,9 @@ pub fn verify_chain(cfg: &StoreConfig) -> Result<VerifyReport, StoreError> {
             );
             return Ok(report);
         }
-        if f.body.prev_signature.as_deref() != prev_sig || f.body.seq != prev_seq + 1 {
+        // A recorded loss may follow a gap: it names the damaged files it set aside.
+        let linked = f.body.prev_signature.as_deref() == prev_sig && f.body.seq == prev_seq + 1;
+        if !linked && f.body.kind != LOSS {
             report.first_problem = problem(
                 f.body.last_id,
                 ProblemKind::BadCheckpoint,

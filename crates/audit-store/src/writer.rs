@@ -303,11 +303,15 @@ impl AuditStore {
             keys::load_or_create(&cfg.key_dir)?
         };
         checkpoint::ensure_dirs(&folders, &keys)?;
-        let newest = checkpoint::newest(&folders, keys.public_key())?;
+        let (newest, damaged) = match accept {
+            None => (checkpoint::newest(&folders, keys.public_key())?, Vec::new()),
+            Some(_) => checkpoint::newest_setting_aside_damaged(&folders, keys.public_key())?,
+        };
         let loss = match missing {
             Some(l) => Some(l),
             None => evidence::compare(&conn, &cfg.db_path, newest.as_ref(), next_id - 1)?,
         };
+        let loss = evidence::with_damaged(loss, damaged);
         if let (Some(l), None) = (&loss, accept) {
             return Err(StoreError::LostHistory(l.message.clone()));
         }

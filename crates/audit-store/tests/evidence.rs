@@ -5,7 +5,7 @@
 mod common;
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use audit_store::*;
 use common::{cfg, sample};
@@ -177,6 +177,40 @@ fn a_forged_checkpoint_copy_is_reported_not_trusted() {
     std::fs::write(&note, text.replace("last_id 5", "last_id 4")).unwrap();
     let e = AuditStore::open(c.clone()).err().expect("refused");
     assert!(e.to_string().contains("does not verify"), "{e}");
+
+    // The operator is not stuck: accept-loss sets the damaged copy aside and says so.
+    let (store, loss) =
+        AuditStore::open_accepting_loss(c.clone(), "a checkpoint copy was damaged", "ops").unwrap();
+    let loss = loss.expect("damaged evidence is a loss to record");
+    assert!(loss.message.contains("damaged"), "{}", loss.message);
+    store.shutdown().unwrap();
+    assert!(PathBuf::from(format!("{}.damaged", note.display())).exists());
+    AuditStore::open(c.clone()).unwrap().shutdown().unwrap();
+    assert!(verify_chain(&c).unwrap().is_ok());
+}
+
+#[test]
+fn a_damaged_checkpoint_file_does_not_strand_the_operator() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = cfg(dir.path());
+    write(&c, 5);
+    write(&c, 5);
+    let mut json: Vec<PathBuf> = std::fs::read_dir(&c.checkpoint_dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
+    json.sort();
+    std::fs::write(json.last().unwrap(), b"\0\0 garbage").unwrap();
+    let e = AuditStore::open(c.clone()).err().expect("refused");
+    assert!(e.to_string().contains("not a checkpoint file"), "{e}");
+    let (store, loss) =
+        AuditStore::open_accepting_loss(c.clone(), "disk error in checkpoints", "ops").unwrap();
+    assert!(loss.is_some());
+    store.shutdown().unwrap();
+    let report = verify_chain(&c).unwrap();
+    assert!(report.is_ok(), "{report}");
 }
 
 #[test]
@@ -206,8 +240,7 @@ fn rows_cut_under_a_running_store_are_never_signed_over() {
     w.record_blocking(sample(99, T0 + 99)).unwrap();
     let e = store
         .checkpoint_now()
-        .err()
-        .expect("no checkpoint over a cut chain");
+        .expect_err("no checkpoint over a cut chain");
     assert!(matches!(e, StoreError::LostHistory(_)), "{e}");
     assert!(!store.health().writable, "health shows the failure");
     drop(store);
