@@ -71,6 +71,12 @@ pub mod kinds {
     /// One request to the ingest API (`POST /api/v1/events`), with its counts;
     /// the events it carried are recorded each under their own kind.
     pub const INGEST_BATCH: &str = "ingest.batch";
+    /// The running store's chain or page check found damage; `detail` names the
+    /// check, the first bad row and the problem. Recorded only by the store itself.
+    pub const AUDIT_INTEGRITY_FAILED: &str = "audit.integrity_failed";
+    /// Retention deleted the oldest events; `detail` has the id range, how many, the
+    /// event times they spanned and the cutoff. Recorded only by the store itself.
+    pub const AUDIT_PRUNED: &str = "audit.pruned";
 
     /// Every kind above, in documentation order.
     pub const ALL: &[&str] = &[
@@ -93,6 +99,8 @@ pub mod kinds {
         LOCKOUT_APPLIED,
         LOCKOUT_LIFTED,
         INGEST_BATCH,
+        AUDIT_INTEGRITY_FAILED,
+        AUDIT_PRUNED,
     ];
 }
 
