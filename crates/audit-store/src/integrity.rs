@@ -27,7 +27,7 @@ use serde_json::json;
 use crate::chain::{self, Mac, GENESIS};
 use crate::checkpoint::{self, HEAD};
 use crate::model::now_us;
-use crate::verify::{verify_rows, ChainProblem};
+use crate::verify::{is_damage, verify_rows, ChainProblem};
 use crate::writer::{AuditWriter, Shared};
 use crate::{kinds, NewEvent, Outcome, StoreConfig, StoreError};
 
@@ -166,12 +166,17 @@ impl Checker {
     fn pass(&mut self) {
         let found = match self.check() {
             Ok(found) => found,
-            // The record cannot even be opened or read: that is itself a finding.
-            Err(e) => Some(IntegrityFailure {
+            Err(StoreError::Sqlite(e)) if is_damage(&e) => Some(IntegrityFailure {
                 check: "pages",
                 row_id: None,
                 message: format!("the audit record could not be read: {e}"),
             }),
+            // Busy, locked, or the file is gone (the writer reports that itself):
+            // not evidence of damage, so tried again at the next pass.
+            Err(e) => {
+                tracing::warn!(error = %e, "the audit integrity check could not run; will retry");
+                return;
+            }
         };
         let mut st = lock(&self.shared);
         st.last_check_us = Some(now_us());
@@ -271,7 +276,8 @@ impl Checker {
         };
         let lines = match lines {
             Ok(l) => l,
-            Err(e) => vec![e.to_string()],
+            Err(e) if is_damage(&e) => vec![e.to_string()],
+            Err(e) => return Err(e.into()),
         };
         if lines.len() == 1 && lines[0] == "ok" {
             return Ok(None);

@@ -258,7 +258,7 @@ pub(crate) fn verify_rows(
                 out.problem = Some(p);
                 return Ok(out);
             }
-            Err(StoreError::Sqlite(e)) => {
+            Err(StoreError::Sqlite(e)) if is_damage(&e) => {
                 out.unreadable = Some((out.last.0 + 1, e));
                 return Ok(out);
             }
@@ -268,6 +268,14 @@ pub(crate) fn verify_rows(
         out.last = (id, hash);
     }
     Ok(out)
+}
+
+/// SQLite says the file itself is damaged (not busy, locked or out of memory).
+pub(crate) fn is_damage(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase)
+    )
 }
 
 /// One row against its predecessor `prev`: its id and chain hash when it is fine.
