@@ -95,7 +95,7 @@ impl Wake for ThreadWaker {
     }
 }
 
-pub(crate) fn block_on<F: Future>(f: F) -> F::Output {
+fn block_on<F: Future>(f: F) -> F::Output {
     let mut f = std::pin::pin!(f);
     let waker = Arc::new(ThreadWaker(thread::current())).into();
     let mut cx = Context::from_waker(&waker);
