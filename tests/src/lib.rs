@@ -162,6 +162,11 @@ impl Server {
         terminate(&mut self.child);
     }
 
+    /// The server's process id, e.g. to sample its memory from `/proc`.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn pending_stdout(&self) -> Vec<String> {
         self.stdout_lines.try_iter().collect()
     }

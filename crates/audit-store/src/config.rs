@@ -69,6 +69,9 @@ pub struct StoreConfig {
     /// ... until the index is this many events behind; then it indexes whatever the
     /// rate, so the unindexed tail a query must scan stays bounded.
     pub index_burst_max_lag: i64,
+    /// How often the running store verifies the chain rows written since its last
+    /// pass and runs SQLite's page check (`None`: never; a first pass runs at open).
+    pub integrity_interval: Option<Duration>,
 }
 
 impl StoreConfig {
@@ -97,6 +100,7 @@ impl StoreConfig {
             index_refresh: Duration::from_millis(100),
             index_burst_rate: 20_000,
             index_burst_max_lag: 500_000,
+            integrity_interval: Some(Duration::from_secs(300)),
         }
     }
 }

@@ -468,7 +468,7 @@ impl Indexer {
 
 /// Under a burst on a small machine the writer, whose commits callers wait for, gets
 /// the CPU first; the index catches up once the burst is over (queries stay exact).
-fn lower_own_priority() {
+pub(crate) fn lower_own_priority() {
     #[cfg(target_os = "linux")]
     {
         // SAFETY: gettid and setpriority only read their integer arguments. On Linux the

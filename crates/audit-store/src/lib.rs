@@ -49,6 +49,7 @@ mod error;
 mod evidence;
 mod export;
 mod index;
+mod integrity;
 mod keys;
 mod model;
 mod note;
@@ -56,6 +57,7 @@ mod reader;
 mod rollup;
 mod schema;
 mod verify;
+mod watch;
 mod writer;
 
 pub use config::{StoreConfig, Synchronous};
@@ -64,6 +66,7 @@ pub use export::{
     rfc3339_us, CSV_ALERT_COLUMNS, CSV_EVENT_COLUMNS, CSV_IP_SUMMARY_COLUMNS,
     CSV_USER_SUMMARY_COLUMNS,
 };
+pub use integrity::{IntegrityFailure, IntegrityHealth};
 pub use model::*;
 pub use reader::AuditReader;
 pub use schema::SCHEMA_VERSION;

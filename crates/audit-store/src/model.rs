@@ -74,6 +74,12 @@ pub mod kinds {
     /// An operator recorded that audit history was lost (`tokenwatch audit accept-loss`):
     /// the record did not extend its newest signed checkpoint. Names the missing range.
     pub const AUDIT_LOSS_ACCEPTED: &str = "audit.loss_accepted";
+    /// The running store's chain or page check found damage; `detail` names the
+    /// check, the first bad row and the problem. Recorded only by the store itself.
+    pub const AUDIT_INTEGRITY_FAILED: &str = "audit.integrity_failed";
+    /// Retention deleted the oldest events; `detail` has the id range, how many, the
+    /// event times they spanned and the cutoff. Recorded only by the store itself.
+    pub const AUDIT_PRUNED: &str = "audit.pruned";
 
     /// Every kind above, in documentation order.
     pub const ALL: &[&str] = &[
@@ -97,6 +103,8 @@ pub mod kinds {
         LOCKOUT_LIFTED,
         INGEST_BATCH,
         AUDIT_LOSS_ACCEPTED,
+        AUDIT_INTEGRITY_FAILED,
+        AUDIT_PRUNED,
     ];
 }
 

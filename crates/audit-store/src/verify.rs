@@ -22,7 +22,7 @@ use std::fmt;
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
 
-use crate::chain::{self, RowFields, GENESIS};
+use crate::chain::{self, Mac, RowFields, GENESIS};
 use crate::checkpoint::{self, HEAD, LOSS, PRUNE};
 use crate::{keys, StoreConfig, StoreError};
 
@@ -185,7 +185,7 @@ pub fn verify_chain(cfg: &StoreConfig) -> Result<VerifyReport, StoreError> {
         .map(|(_, f)| f.body.last_id)
         .max()
         .unwrap_or(0);
-    let (mut prev_id, mut prev_hash) = match &anchor {
+    let (prev_id, prev_hash) = match &anchor {
         Some((id, h)) => (*id, chain::to_array(h).unwrap_or(GENESIS)),
         None => (0, GENESIS),
     };
@@ -224,87 +224,17 @@ pub fn verify_chain(cfg: &StoreConfig) -> Result<VerifyReport, StoreError> {
         .collect();
 
     // 3. The rows.
-    let mut st = tx.prepare(
-        "SELECT id, time_us, kind, outcome, reason, subject, username, client_ip, user_agent, method, path,
-                jti, kid, alg, token_fp, source, detail, content_mac, hash FROM events ORDER BY id",
-    )?;
-    let mut rows = st.query([])?;
-    let mut last_id = prev_id;
-    while let Some(r) = rows.next()? {
-        let id: i64 = r.get(0)?;
-        let s = |i: usize| -> rusqlite::Result<Option<&str>> {
-            Ok(r.get_ref(i)?.as_str_or_null().ok().flatten())
-        };
-        let fields = RowFields {
-            time_us: r.get(1)?,
-            kind: s(2)?.unwrap_or(""),
-            outcome: s(3)?.unwrap_or(""),
-            reason: s(4)?,
-            subject: s(5)?,
-            username: s(6)?,
-            client_ip: s(7)?,
-            user_agent: s(8)?,
-            method: s(9)?,
-            path: s(10)?,
-            jti: s(11)?,
-            kid: s(12)?,
-            alg: s(13)?,
-            token_fp: s(14)?,
-            source: s(15)?.unwrap_or(""),
-            detail: s(16)?.unwrap_or(""),
-        };
-        let content_mac = r
-            .get_ref(17)?
-            .as_blob_or_null()
-            .ok()
-            .flatten()
-            .unwrap_or_default();
-        let hash = r
-            .get_ref(18)?
-            .as_blob_or_null()
-            .ok()
-            .flatten()
-            .unwrap_or_default();
-        let expected = prev_id + 1;
-        let content_ok = chain::mac_eq(&fields.content_mac(&keys.hmac), content_mac);
-        let link_ok = chain::to_array(content_mac)
-            .is_some_and(|cm| chain::mac_eq(&chain::link(&keys.hmac, &prev_hash, id, &cm), hash));
-        let verdict = if id <= prev_id {
-            problem(id, ProblemKind::Inserted, format!("row {id} sits at or below the retention anchor (row {prev_id}); it was inserted"))
-        } else {
-            match (content_ok, link_ok) {
-                (true, true) if id == expected => None,
-                (false, true) => problem(id, ProblemKind::Edited, format!("row {id} was edited after it was written: its fields no longer match its MAC")),
-                (false, false) => problem(id, ProblemKind::Inserted, format!("row {id} was inserted or replaced: neither its content MAC nor its chain link verify")),
-                (true, _) if id > expected => problem(
-                    expected,
-                    ProblemKind::Deleted,
-                    if id == expected + 1 { format!("row {expected} was deleted") } else { format!("rows {expected}..={} were deleted", id - 1) },
-                ),
-                (true, _) => problem(id, ProblemKind::Edited, format!("row {id}'s chain hash was altered or rows were swapped")),
-            }
-        };
-        if verdict.is_none() {
-            if let Some(f) = heads.get(&id) {
-                if f.body.last_hash != hex::encode(hash) {
-                    report.first_problem = problem(
-                        id,
-                        ProblemKind::Edited,
-                        format!("row {id} differs from signed checkpoint #{}", f.body.seq),
-                    );
-                    return Ok(report);
-                }
-            }
-        }
-        if verdict.is_some() {
-            report.first_problem = verdict;
-            return Ok(report);
-        }
-        report.rows_checked += 1;
-        prev_id = id;
-        prev_hash = chain::to_array(hash).unwrap_or(GENESIS);
-        last_id = id;
+    // Every row, not only those above the anchor: a row at or below it was inserted.
+    let rows = verify_rows(&tx, &keys.hmac, i64::MIN, (prev_id, prev_hash), &heads)?;
+    if let Some((_, e)) = rows.unreadable {
+        return Err(e.into());
     }
+    report.rows_checked = rows.rows_checked;
+    if rows.problem.is_some() {
+        report.first_problem = rows.problem;
+        return Ok(report);
+    }
+    let last_id = rows.last.0;
 
     // 4. Truncation: the newest head checkpoint must still be in the table.
     if let Some((path, f)) = files
@@ -327,4 +257,146 @@ pub fn verify_chain(cfg: &StoreConfig) -> Result<VerifyReport, StoreError> {
         }
     }
     Ok(report)
+}
+
+/// What [`verify_rows`] found: how far the chain verified, and the first problem.
+pub(crate) struct RowsOutcome {
+    pub rows_checked: u64,
+    /// The last row that verified (id, chain hash), or the starting point.
+    pub last: (i64, Mac),
+    pub problem: Option<ChainProblem>,
+    /// The first id after `last` and why it could not be read (a damaged page).
+    pub unreadable: Option<(i64, rusqlite::Error)>,
+}
+
+/// Checks every row with an id above `scan_after` in id order against the chain
+/// ending at `from` (an id and its chain hash), stopping at the first problem. `heads`: signed head checkpoints by id that
+/// the rows must match. Used by the full verification and by the running store's
+/// incremental check alike.
+pub(crate) fn verify_rows(
+    conn: &Connection,
+    hmac: &aws_lc_rs::hmac::Key,
+    scan_after: i64,
+    from: (i64, Mac),
+    heads: &HashMap<i64, &checkpoint::File>,
+) -> Result<RowsOutcome, StoreError> {
+    let mut st = conn.prepare_cached(
+        "SELECT id, time_us, kind, outcome, reason, subject, username, client_ip, user_agent, method, path,
+                jti, kid, alg, token_fp, source, detail, content_mac, hash FROM events WHERE id > ?1 ORDER BY id",
+    )?;
+    let mut rows = st.query([scan_after])?;
+    let mut out = RowsOutcome {
+        rows_checked: 0,
+        last: from,
+        problem: None,
+        unreadable: None,
+    };
+    loop {
+        let checked = match rows.next() {
+            Ok(Some(r)) => check_row(r, hmac, out.last, heads),
+            Ok(None) => break,
+            Err(e) => Err(e.into()),
+        };
+        let (id, hash) = match checked {
+            Ok(Ok(v)) => v,
+            Ok(Err(p)) => {
+                out.problem = Some(p);
+                return Ok(out);
+            }
+            Err(StoreError::Sqlite(e)) if is_damage(&e) => {
+                out.unreadable = Some((out.last.0 + 1, e));
+                return Ok(out);
+            }
+            Err(e) => return Err(e),
+        };
+        out.rows_checked += 1;
+        out.last = (id, hash);
+    }
+    Ok(out)
+}
+
+/// SQLite says the file itself is damaged (not busy, locked or out of memory).
+pub(crate) fn is_damage(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase)
+    )
+}
+
+/// One row against its predecessor `prev`: its id and chain hash when it is fine.
+fn check_row(
+    r: &rusqlite::Row<'_>,
+    hmac: &aws_lc_rs::hmac::Key,
+    (prev_id, prev_hash): (i64, Mac),
+    heads: &HashMap<i64, &checkpoint::File>,
+) -> Result<Result<(i64, Mac), ChainProblem>, StoreError> {
+    let id: i64 = r.get(0)?;
+    let s = |i: usize| -> rusqlite::Result<Option<&str>> {
+        Ok(r.get_ref(i)?.as_str_or_null().ok().flatten())
+    };
+    let fields = RowFields {
+        time_us: r.get(1)?,
+        kind: s(2)?.unwrap_or(""),
+        outcome: s(3)?.unwrap_or(""),
+        reason: s(4)?,
+        subject: s(5)?,
+        username: s(6)?,
+        client_ip: s(7)?,
+        user_agent: s(8)?,
+        method: s(9)?,
+        path: s(10)?,
+        jti: s(11)?,
+        kid: s(12)?,
+        alg: s(13)?,
+        token_fp: s(14)?,
+        source: s(15)?.unwrap_or(""),
+        detail: s(16)?.unwrap_or(""),
+    };
+    let blob = |i: usize| -> rusqlite::Result<&[u8]> {
+        Ok(r.get_ref(i)?
+            .as_blob_or_null()
+            .ok()
+            .flatten()
+            .unwrap_or_default())
+    };
+    let content_mac = blob(17)?;
+    let hash = blob(18)?;
+    let expected = prev_id + 1;
+    let content_ok = chain::mac_eq(&fields.content_mac(hmac), content_mac);
+    let link_ok = chain::to_array(content_mac)
+        .is_some_and(|cm| chain::mac_eq(&chain::link(hmac, &prev_hash, id, &cm), hash));
+    let verdict = if id <= prev_id {
+        problem(
+            id,
+            ProblemKind::Inserted,
+            format!(
+                "row {id} sits at or below the retention anchor (row {prev_id}); it was inserted"
+            ),
+        )
+    } else {
+        match (content_ok, link_ok) {
+            (true, true) if id == expected => None,
+            (false, true) => problem(id, ProblemKind::Edited, format!("row {id} was edited after it was written: its fields no longer match its MAC")),
+            (false, false) => problem(id, ProblemKind::Inserted, format!("row {id} was inserted or replaced: neither its content MAC nor its chain link verify")),
+            (true, _) if id > expected => problem(
+                expected,
+                ProblemKind::Deleted,
+                if id == expected + 1 { format!("row {expected} was deleted") } else { format!("rows {expected}..={} were deleted", id - 1) },
+            ),
+            (true, _) => problem(id, ProblemKind::Edited, format!("row {id}'s chain hash was altered or rows were swapped")),
+        }
+    };
+    if let Some(p) = verdict {
+        return Ok(Err(p));
+    }
+    if let Some(f) = heads.get(&id) {
+        if f.body.last_hash != hex::encode(hash) {
+            return Ok(Err(ChainProblem {
+                row_id: id,
+                kind: ProblemKind::Edited,
+                message: format!("row {id} differs from signed checkpoint #{}", f.body.seq),
+            }));
+        }
+    }
+    Ok(Ok((id, chain::to_array(hash).unwrap_or(GENESIS))))
 }

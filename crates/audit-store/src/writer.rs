@@ -10,17 +10,20 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
 use futures_channel::oneshot;
-use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 
 use crate::chain::{self, Mac, RowFields, GENESIS};
 use crate::checkpoint::{self, Sequence};
 use crate::ecs::SecurityLog;
 use crate::evidence;
 use crate::index::{self, IndexProgress, IndexerHandle};
+use crate::integrity::{self, IntegrityHandle, IntegrityHealth, IntegrityState};
 use crate::keys::{self, Keys};
 use crate::reader::AuditReader;
+use crate::watch::FileIdentity;
 use crate::{
-    model::now_us, AlertStatus, NewAlert, NewEvent, StoreConfig, StoreError, MAX_EVIDENCE,
+    kinds, model::now_us, AlertStatus, NewAlert, NewEvent, Outcome, StoreConfig, StoreError,
+    MAX_EVIDENCE,
 };
 
 /// What `open_accepting_loss` recorded.
@@ -34,6 +37,10 @@ pub struct AcceptedLoss {
 
 /// Rows deleted per retention transaction, so the writer never stalls for long.
 const PRUNE_CHUNK: usize = 20_000;
+
+/// How often an idle writer checks that `audit.db` is still the file it opened
+/// (a busy one checks after every commit).
+const FILE_CHECK_EVERY: Duration = Duration::from_secs(1);
 
 type AckTx<T> = oneshot::Sender<Result<T, StoreError>>;
 
@@ -112,7 +119,7 @@ fn block_on<F: Future>(f: F) -> F::Output {
 }
 
 /// What `/healthz` reports about the store.
-#[derive(Clone, Debug, serde::Serialize, PartialEq)]
+#[derive(Clone, Debug, Default, serde::Serialize, PartialEq)]
 pub struct Health {
     /// False after a failed commit, until a later one succeeds.
     pub writable: bool,
@@ -128,6 +135,8 @@ pub struct Health {
     pub index_lag: u64,
     /// The indexer's last failure, until a pass succeeds.
     pub index_error: Option<String>,
+    /// The running chain and page checks.
+    pub integrity: IntegrityHealth,
 }
 
 #[derive(Default)]
@@ -181,13 +190,14 @@ impl CommitWatch {
     }
 }
 
-struct Shared {
-    keys: Keys,
+pub(crate) struct Shared {
+    pub(crate) keys: Keys,
     health: Mutex<HealthState>,
     committed: AtomicU64,
     commits: AtomicU64,
     watch: CommitWatch,
     index: Arc<IndexProgress>,
+    pub(crate) integrity: Mutex<IntegrityState>,
 }
 
 /// The open audit store: owns the writer thread. Call [`AuditStore::shutdown`] to drain
@@ -199,6 +209,7 @@ pub struct AuditStore {
     handle: Option<JoinHandle<Result<(), StoreError>>>,
     checkpointer: Option<(Sender<()>, JoinHandle<()>)>,
     indexer: Option<IndexerHandle>,
+    integrity: Option<IntegrityHandle>,
 }
 
 /// Submits records to the writer thread. Cheap to clone; Send + Sync.
@@ -288,6 +299,12 @@ impl AuditStore {
                 "queue_capacity and max_batch must be at least 1".into(),
             ));
         }
+        if cfg.retention.is_some_and(|r| r.is_zero()) {
+            return Err(StoreError::InvalidArgument(
+                "a retention of zero would delete every event; use None to keep events forever"
+                    .into(),
+            ));
+        }
         let folders = checkpoint::folders(&cfg.checkpoint_dir, &cfg.checkpoint_mirrors);
         let missing = evidence::missing_record(&cfg, checkpoint::any(&folders));
         if let (Some(loss), None) = (&missing, accept) {
@@ -341,7 +358,10 @@ impl AuditStore {
             commits: AtomicU64::new(0),
             watch,
             index: Arc::new(IndexProgress::default()),
+            integrity: Mutex::default(),
         });
+        let identity = FileIdentity::capture(&cfg.db_path)
+            .map_err(|e| StoreError::io("cannot examine", &cfg.db_path, e))?;
         let (tx, rx) = bounded(cfg.queue_capacity);
         let now = Instant::now();
         let mut w = Writer {
@@ -357,6 +377,9 @@ impl AuditStore {
             next_prune: now,
             security_log,
             signed,
+            identity,
+            lost: None,
+            next_file_check: now + FILE_CHECK_EVERY,
         };
         let handle = thread::Builder::new()
             .name("audit-writer".into())
@@ -368,6 +391,11 @@ impl AuditStore {
             shared.watch.clone(),
             shared.index.clone(),
         )?);
+        let writer = AuditWriter {
+            shared: shared.clone(),
+            tx: tx.clone(),
+        };
+        let integrity = integrity::spawn(&cfg, shared.clone(), writer)?;
         let store = AuditStore {
             cfg,
             shared,
@@ -375,6 +403,7 @@ impl AuditStore {
             handle: Some(handle),
             checkpointer,
             indexer,
+            integrity,
         };
         let accepted = match (loss, accept) {
             (Some(l), Some((reason, actor))) => Some(store.record_loss(l, reason, actor)?),
@@ -446,7 +475,23 @@ impl AuditStore {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .clone(),
+            integrity: self
+                .shared
+                .integrity
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .health(),
         }
+    }
+
+    /// Runs the integrity checks now (normally every `integrity_interval`) and
+    /// returns what they found.
+    pub fn check_integrity_now(&self) -> Result<IntegrityHealth, StoreError> {
+        self.integrity
+            .as_ref()
+            .ok_or_else(|| StoreError::InvalidArgument("integrity checks are disabled".into()))?
+            .check_now()?;
+        Ok(self.health().integrity)
     }
 
     /// Waits until every event committed so far is in the query index; returns the
@@ -490,6 +535,10 @@ impl AuditStore {
     }
 
     fn stop(&mut self) -> Result<(), StoreError> {
+        // First: it records through the writer.
+        if let Some(mut i) = self.integrity.take() {
+            i.stop();
+        }
         if let Some((stop, h)) = self.checkpointer.take() {
             drop(stop);
             let _ = h.join();
@@ -510,7 +559,11 @@ impl AuditStore {
         // The indexer's read-only attachment may have been the record's last
         // connection, and a read-only connection leaves the WAL behind: fold it into
         // the database file now, so a plain copy of `audit.db` is a complete backup.
-        if let Ok(c) = Connection::open(&self.cfg.db_path) {
+        // Never create the file: if it was deleted while running, an empty one in its
+        // place would hide that.
+        if let Ok(c) =
+            Connection::open_with_flags(&self.cfg.db_path, OpenFlags::SQLITE_OPEN_READ_WRITE)
+        {
             if let Err(e) = c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())) {
                 tracing::warn!(error = %e, "final WAL checkpoint of the audit record failed");
             }
@@ -527,18 +580,23 @@ impl Drop for AuditStore {
     }
 }
 
+/// The expensive, order-independent part of recording an event: its content MAC.
+fn prepare(keys: &Keys, mut ev: NewEvent) -> Result<Prepared, StoreError> {
+    if ev.time_us == 0 {
+        ev.time_us = now_us();
+    }
+    let detail = serde_json::to_string(&ev.detail)?;
+    let content_mac = RowFields::of(&ev, &detail).content_mac(&keys.hmac);
+    Ok(Prepared {
+        ev,
+        detail,
+        content_mac,
+    })
+}
+
 impl AuditWriter {
-    fn prepare(&self, mut ev: NewEvent) -> Result<Prepared, StoreError> {
-        if ev.time_us == 0 {
-            ev.time_us = now_us();
-        }
-        let detail = serde_json::to_string(&ev.detail)?;
-        let content_mac = RowFields::of(&ev, &detail).content_mac(&self.shared.keys.hmac);
-        Ok(Prepared {
-            ev,
-            detail,
-            content_mac,
-        })
+    fn prepare(&self, ev: NewEvent) -> Result<Prepared, StoreError> {
+        prepare(&self.shared.keys, ev)
     }
 
     fn send(&self, m: Msg) -> Result<(), StoreError> {
@@ -674,6 +732,11 @@ struct Writer {
     /// The newest head this store signed or found signed (id, chain hash). A head
     /// checkpoint is written only if the record still holds that row unchanged.
     signed: Option<(i64, Vec<u8>)>,
+    /// `audit.db` as opened, checked before every acknowledgement.
+    identity: FileIdentity,
+    /// Set for good once the file changed underneath: every later batch is refused.
+    lost: Option<String>,
+    next_file_check: Instant,
 }
 
 impl Writer {
@@ -745,11 +808,15 @@ impl Writer {
             self.timers();
         }
         self.checkpoint(checkpoint::HEAD)?;
+        if self.lost.is_some() {
+            self.set_aside_wal();
+        }
         Ok(())
     }
 
     fn next_timer(&self) -> Duration {
-        let mut due = self.last_checkpoint + self.cfg.checkpoint_interval;
+        let mut due =
+            (self.last_checkpoint + self.cfg.checkpoint_interval).min(self.next_file_check);
         if self.cfg.retention.is_some() {
             due = due.min(self.next_prune);
         }
@@ -758,6 +825,10 @@ impl Writer {
 
     fn timers(&mut self) {
         let now = Instant::now();
+        if now >= self.next_file_check {
+            self.next_file_check = now + FILE_CHECK_EVERY;
+            self.file_still_ours();
+        }
         if now >= self.last_checkpoint + self.cfg.checkpoint_interval {
             if let Err(e) = self.checkpoint(checkpoint::HEAD) {
                 tracing::error!(error = %e, "writing audit checkpoint failed");
@@ -794,6 +865,10 @@ impl Writer {
     }
 
     fn commit(&mut self, work: Vec<Msg>) {
+        if let Some(msg) = &self.lost {
+            let msg = msg.clone();
+            return self.refuse(work, &msg);
+        }
         if self.needs_resync {
             match chain_head(&self.conn) {
                 Ok((n, h)) => {
@@ -808,6 +883,12 @@ impl Writer {
             Ok((done, next_id, head)) => {
                 self.next_id = next_id;
                 self.head = head;
+                // Committed, but into the file at the path? If not, nobody is told
+                // "recorded": the rows are in the rescue copy, the callers get 503.
+                if !self.file_still_ours() {
+                    let msg = self.lost.clone().unwrap_or_default();
+                    return self.refuse(work, &msg);
+                }
                 self.set_health(None);
                 self.after_commit(work, done);
             }
@@ -822,8 +903,13 @@ impl Writer {
         let msg = e.to_string();
         tracing::error!(error = %msg, records = work.len(), "audit commit failed; callers get an error and the store is marked unwritable");
         self.set_health(Some(msg.clone()));
+        self.refuse(work, &msg);
+    }
+
+    /// Answers every caller in `work` with "not recorded".
+    fn refuse(&mut self, work: Vec<Msg>, msg: &str) {
         for m in work {
-            let err = || StoreError::Unwritable(msg.clone());
+            let err = || StoreError::Unwritable(msg.to_owned());
             match m {
                 Msg::Event(_, a) | Msg::Alert(_, a) => drop(a.send(Err(err()))),
                 Msg::Events(_, a) => drop(a.send(Err(err()))),
@@ -1003,6 +1089,9 @@ impl Writer {
         let Some(retention) = self.cfg.retention else {
             return Ok(0);
         };
+        if let Some(msg) = &self.lost {
+            return Err(StoreError::Unwritable(msg.clone()));
+        }
         let cutoff =
             now_us().saturating_sub(i64::try_from(retention.as_micros()).unwrap_or(i64::MAX));
         let (anchor_id, pruned_total): (i64, i64) = self
@@ -1015,8 +1104,11 @@ impl Writer {
             .optional()?
             .unwrap_or((0, 0));
         // Prune a prefix by id: the chain is in id order, and an anchor is one row.
+        // Ids are also the order of recording, so this removes rows by the time they
+        // were recorded as well as by their own time: see `PrunedRange`.
         let mut upto: Option<(i64, Vec<u8>)> = None;
         let mut n = 0u64;
+        let mut times = (i64::MAX, i64::MIN);
         {
             let mut st = self.conn.prepare_cached(
                 "SELECT id, time_us, hash FROM events WHERE id > ?1 ORDER BY id LIMIT ?2",
@@ -1028,6 +1120,7 @@ impl Writer {
                     break;
                 }
                 upto = Some((r.get(0)?, r.get(2)?));
+                times = (times.0.min(t), times.1.max(t));
                 n += 1;
             }
         }
@@ -1056,9 +1149,102 @@ impl Writer {
             params![x, hash, pruned_total + n as i64, now_us()],
         )?;
         tx.commit()?;
-        tracing::info!(rows = n, upto_id = x, "pruned audit events past retention");
+        tracing::info!(
+            rows = n,
+            first_id = anchor_id + 1,
+            last_id = x,
+            "pruned audit events past retention"
+        );
+        self.record_own(pruned_event(anchor_id + 1, x, n, times, cutoff));
         Ok(n)
     }
+
+    /// After a lost file: closes the connection, then moves its WAL aside (see
+    /// [`FileIdentity::set_aside_wal`]).
+    fn set_aside_wal(&mut self) {
+        match Connection::open_in_memory() {
+            Ok(c) => drop(std::mem::replace(&mut self.conn, c)),
+            Err(e) => return tracing::error!(error = %e, "could not close the lost audit database"),
+        }
+        let suffix = format!(".lost-{}", now_us() / 1_000_000);
+        if let Some(p) = self.identity.set_aside_wal(&suffix) {
+            tracing::warn!(path = %p.display(), "moved the lost database's write-ahead log aside (its commits are in the rescue copy)");
+        }
+    }
+
+    /// Commits an event of the store's own (no caller waits for it).
+    fn record_own(&mut self, ev: NewEvent) {
+        match prepare(&self.shared.keys, ev) {
+            Ok(p) => {
+                let (ack, _) = oneshot::channel();
+                self.commit(vec![Msg::Event(p, ack)]);
+            }
+            Err(e) => tracing::error!(error = %e, "could not prepare the store's own audit event"),
+        }
+    }
+
+    /// True while `audit.db` at its path is still the file this writer commits to.
+    /// The first time it is not, the store fails closed for good (see [`Writer::lose_file`]).
+    fn file_still_ours(&mut self) -> bool {
+        if self.lost.is_some() {
+            return false;
+        }
+        match self.identity.check() {
+            Ok(()) => true,
+            Err(what) => {
+                self.lose_file(what);
+                false
+            }
+        }
+    }
+
+    /// The file changed underneath: save what this connection still reaches (the
+    /// unlinked or displaced file, with its WAL) to a rescue copy beside it, and refuse
+    /// every later write until restart.
+    fn lose_file(&mut self, what: String) {
+        let rescue = rescue_path(&self.cfg.db_path);
+        let saved = match self
+            .conn
+            .execute("VACUUM INTO ?1", [rescue.to_string_lossy().as_ref()])
+        {
+            Ok(_) => format!(
+                "every event committed so far was saved to {}; restore it as audit.db",
+                rescue.display()
+            ),
+            Err(e) => format!(
+                "saving the events committed so far to {} failed: {e}",
+                rescue.display()
+            ),
+        };
+        let msg = format!(
+            "{what}: audited requests are refused until tokenwatch is restarted with the record restored ({saved})"
+        );
+        tracing::error!(error = %msg, "the audit record changed underneath the running server; failing closed");
+        self.set_health(Some(msg.clone()));
+        self.lost = Some(msg);
+    }
+}
+
+/// `audit.db.rescued-<unix seconds>` beside `audit.db`.
+fn rescue_path(db: &std::path::Path) -> std::path::PathBuf {
+    let mut s = db.as_os_str().to_owned();
+    s.push(format!(".rescued-{}", now_us() / 1_000_000));
+    std::path::PathBuf::from(s)
+}
+
+/// The `audit.pruned` event: which ids went, and the event times they spanned.
+fn pruned_event(first: i64, last: i64, rows: u64, times: (i64, i64), cutoff: i64) -> NewEvent {
+    let t = crate::rfc3339_us;
+    let mut ev = NewEvent::new(kinds::AUDIT_PRUNED, Outcome::Success);
+    ev.detail = serde_json::json!({
+        "first_id": first,
+        "last_id": last,
+        "rows": rows,
+        "oldest_event": t(times.0),
+        "newest_event": t(times.1),
+        "cutoff": t(cutoff),
+    });
+    ev
 }
 
 fn upsert_alert(tx: &rusqlite::Transaction<'_>, a: &NewAlert) -> Result<i64, StoreError> {

@@ -651,13 +651,19 @@ fn retention_prunes_old_rows_and_what_remains_still_verifies() {
     let r = store.reader().unwrap();
     let left = all_events(&r);
     assert_eq!(left.first().map(|e| e.id), Some(31));
-    assert_eq!(left.len(), 15);
+    // 10 kept, the prune's own record of what it deleted, 5 new.
+    assert_eq!(left.len(), 16);
+    let pruned = left.iter().find(|e| e.kind == kinds::AUDIT_PRUNED).unwrap();
+    assert_eq!(pruned.detail["first_id"], 1);
+    assert_eq!(pruned.detail["last_id"], 30);
+    assert_eq!(pruned.detail["rows"], 30);
+    assert_eq!(pruned.detail["oldest_event"], rfc3339_us(now - 10 * DAY_US));
     // The rollup lost exactly the pruned rows' counts.
     check_aggregates(&r, TimeRange::new(0, i64::MAX / 2));
     store.shutdown().unwrap();
     let rep = verify_chain(&c).unwrap();
     assert!(rep.is_ok(), "{rep}");
-    assert_eq!(rep.rows_checked, 15);
+    assert_eq!(rep.rows_checked, 16);
 
     // Deleting more old rows and moving the anchor to hide it is not retention.
     let conn = Connection::open(&c.db_path).unwrap();

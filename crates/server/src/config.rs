@@ -61,8 +61,11 @@ pub struct FileConfig {
 pub struct AuditFileConfig {
     /// `full` (default), `normal` or `extra`: SQLite's `synchronous` pragma.
     pub synchronous: Option<String>,
-    pub retention_days: Option<u64>,
+    /// Days to keep events (at least 1), or `"forever"`. Unset: forever.
+    pub retention_days: Option<RetentionDays>,
     pub checkpoint_interval_secs: Option<u64>,
+    /// Seconds between the running store's chain and page checks (default 300).
+    pub integrity_check_interval_secs: Option<u64>,
     /// Write one ECS JSON line per audit event under `<data_dir>/security-log/`.
     pub security_log: Option<bool>,
     /// The chain HMAC key and checkpoint signing key (default `<data_dir>/keys/audit`).
@@ -73,6 +76,37 @@ pub struct AuditFileConfig {
     pub checkpoint_dir: Option<PathBuf>,
     /// Further folders that receive a signed-note copy of every checkpoint.
     pub checkpoint_mirrors: Option<Vec<PathBuf>>,
+}
+
+/// `retention_days = 30` or `retention_days = "forever"`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum RetentionDays {
+    Days(u64),
+    Word(String),
+}
+
+impl RetentionDays {
+    /// `None`: keep forever.
+    fn resolve(&self) -> Result<Option<Duration>, ConfigError> {
+        let invalid = |message: String| ConfigError::Invalid {
+            key: "audit.retention_days",
+            message,
+        };
+        match self {
+            RetentionDays::Days(0) => Err(invalid(
+                "0 would delete every event; it must be at least 1. To keep events forever, set retention_days = \"forever\" (or leave it out)".into(),
+            )),
+            RetentionDays::Days(d) => d
+                .checked_mul(86_400)
+                .map(|s| Some(Duration::from_secs(s)))
+                .ok_or_else(|| invalid(format!("{d} days is too long; use \"forever\""))),
+            RetentionDays::Word(w) if w == "forever" => Ok(None),
+            RetentionDays::Word(w) => Err(invalid(format!(
+                "{w:?}: expected a number of days (at least 1) or \"forever\""
+            ))),
+        }
+    }
 }
 
 /// `[response]`: what alerts do at the token endpoint.
@@ -132,6 +166,7 @@ pub struct Settings {
     pub audit_synchronous: audit_store::Synchronous,
     pub audit_retention: Option<Duration>,
     pub checkpoint_interval: Duration,
+    pub integrity_check_interval: Duration,
     pub security_log: bool,
     pub audit_key_dir: PathBuf,
     pub checkpoint_dir: PathBuf,
@@ -256,6 +291,19 @@ impl Settings {
                     .unwrap_or(i64::MAX),
             },
         };
+        let audit_retention = match &file.audit.retention_days {
+            Some(r) => r.resolve()?,
+            None => None,
+        };
+        let integrity_check_interval = match file.audit.integrity_check_interval_secs {
+            Some(0) => {
+                return Err(ConfigError::Invalid {
+                    key: "audit.integrity_check_interval_secs",
+                    message: "must be at least 1 (seconds)".into(),
+                })
+            }
+            s => Duration::from_secs(s.unwrap_or(300)),
+        };
         let ingest = file.ingest.resolve();
         let forward = crate::forward::resolve(&file.forward)?;
         Ok(Settings {
@@ -274,10 +322,8 @@ impl Settings {
             max_token_bytes: file.max_token_bytes.unwrap_or(8 * 1024),
             log_level: file.log_level.unwrap_or_else(|| "info".into()),
             audit_synchronous,
-            audit_retention: file
-                .audit
-                .retention_days
-                .map(|d| Duration::from_secs(d * 24 * 3600)),
+            audit_retention,
+            integrity_check_interval,
             checkpoint_interval: Duration::from_secs(
                 file.audit.checkpoint_interval_secs.unwrap_or(60),
             ),
@@ -309,6 +355,7 @@ impl Settings {
         cfg.synchronous = self.audit_synchronous;
         cfg.retention = self.audit_retention;
         cfg.checkpoint_interval = self.checkpoint_interval;
+        cfg.integrity_interval = Some(self.integrity_check_interval);
         if self.security_log {
             cfg.security_log_dir = Some(self.data_dir.join("security-log"));
         }
@@ -321,5 +368,39 @@ impl Settings {
 
     pub fn state_db_path(&self) -> PathBuf {
         self.data_dir.join("state.db")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn retention(toml_text: &str) -> Result<Option<Duration>, ConfigError> {
+        let file: FileConfig = toml::from_str(toml_text).unwrap();
+        Settings::resolve(file, &Overrides::default()).map(|s| s.audit_retention)
+    }
+
+    #[test]
+    fn retention_days_zero_is_refused_and_forever_must_be_said() {
+        let err = retention("[audit]\nretention_days = 0")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("audit.retention_days") && err.contains("\"forever\""),
+            "{err}"
+        );
+        assert_eq!(
+            retention("[audit]\nretention_days = \"forever\"").unwrap(),
+            None
+        );
+        assert_eq!(retention("").unwrap(), None);
+        assert_eq!(
+            retention("[audit]\nretention_days = 2").unwrap(),
+            Some(Duration::from_secs(2 * 86_400))
+        );
+        let err = retention("[audit]\nretention_days = \"never\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("\"never\""), "{err}");
     }
 }

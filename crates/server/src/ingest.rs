@@ -147,6 +147,31 @@ fn implied_outcome(kind: &str) -> Option<Outcome> {
     }
 }
 
+/// Refuses an event whose own time is already past the audit retention window.
+///
+/// Retention can only delete the oldest rows of the hash chain (a prefix by id,
+/// which is also the order of recording): a backdated event recorded behind newer
+/// ones cannot be deleted at its own time without breaking the chain. Refusing it
+/// here keeps the window honest: no event is recorded already past it, and each
+/// one is deleted at most one window after it was recorded.
+pub fn within_retention(
+    ev: NewEvent,
+    retention: Option<std::time::Duration>,
+    now_us: i64,
+) -> Result<NewEvent, String> {
+    let Some(window) = retention else {
+        return Ok(ev);
+    };
+    let window_us = i64::try_from(window.as_micros()).unwrap_or(i64::MAX);
+    if ev.time_us < now_us.saturating_sub(window_us) {
+        return Err(format!(
+            "field `time` is older than the audit retention window ({} days): the event would be deleted as soon as it was recorded",
+            window.as_secs() / 86_400
+        ));
+    }
+    Ok(ev)
+}
+
 pub fn parse_time(s: &str) -> Result<i64, String> {
     let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
         .map_err(|e| format!("field `time` is not an RFC 3339 time ({e}): {s:?}"))?;
@@ -160,6 +185,12 @@ impl IngestEvent {
             KindPolicy::Ingest => INGEST_KINDS,
             KindPolicy::AnyKnown => kinds::ALL,
         };
+        if self.kind.starts_with("audit.") {
+            return Err(format!(
+                "kind {:?} is recorded only by tokenwatch's audit store itself",
+                self.kind
+            ));
+        }
         if !allowed.contains(&self.kind.as_str()) {
             return Err(format!(
                 "kind {:?} is not accepted here; accepted kinds: {}",
@@ -424,6 +455,30 @@ fn map_generic(o: Map<String, Value>) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn events_older_than_retention_and_the_stores_own_kinds_are_refused() {
+        let now = 1_800_000_000_000_000;
+        let day = std::time::Duration::from_secs(86_400);
+        let ev = |age_us: i64| {
+            NewEvent::new(kinds::TOKEN_REJECTED, Outcome::Failure).with_time_us(now - age_us)
+        };
+        let err = within_retention(ev(86_400_000_001), Some(day), now).unwrap_err();
+        assert!(
+            err.contains("older than the audit retention window (1 days)"),
+            "{err}"
+        );
+        assert!(within_retention(ev(86_400_000_000), Some(day), now).is_ok());
+        assert!(
+            within_retention(ev(i64::MAX / 2), None, now).is_ok(),
+            "kept forever: any age"
+        );
+        for policy in [KindPolicy::Ingest, KindPolicy::AnyKnown] {
+            let line = br#"{"kind":"audit.pruned","outcome":"success"}"#;
+            let err = parse_line(line, "svc", policy, now).unwrap_err();
+            assert!(err.contains("only by tokenwatch's audit store"), "{err}");
+        }
+    }
 
     #[test]
     fn secrets_are_refused_at_the_top_and_inside_detail() {

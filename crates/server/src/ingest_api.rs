@@ -17,7 +17,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::app::Data;
-use crate::ingest::{parse_line, parse_value, KindPolicy};
+use crate::ingest::{parse_line, parse_value, within_retention, KindPolicy};
 use crate::request_meta::RequestMeta;
 use crate::sources::KEY_PREFIX;
 
@@ -197,7 +197,12 @@ enum BodyError {
     Empty,
 }
 
-fn parse_body(body: &[u8], source: &str, max_events: usize) -> Result<Parsed, BodyError> {
+fn parse_body(
+    body: &[u8],
+    source: &str,
+    max_events: usize,
+    retention: Option<std::time::Duration>,
+) -> Result<Parsed, BodyError> {
     let now = audit_now_us();
     let first = body.iter().find(|b| !b.is_ascii_whitespace());
     let mut p = Parsed {
@@ -219,7 +224,9 @@ fn parse_body(body: &[u8], source: &str, max_events: usize) -> Result<Parsed, Bo
             p.total = items.len();
             p.events.reserve(items.len());
             for (i, v) in items.into_iter().enumerate() {
-                match parse_value(v, source, KindPolicy::Ingest, now) {
+                match parse_value(v, source, KindPolicy::Ingest, now)
+                    .and_then(|ev| within_retention(ev, retention, now))
+                {
                     Ok(ev) => p.events.push(ev),
                     Err(error) => p.errors.push(LineError {
                         line: None,
@@ -243,7 +250,9 @@ fn parse_body(body: &[u8], source: &str, max_events: usize) -> Result<Parsed, Bo
                         .count();
                     return Err(BodyError::TooManyEvents(total));
                 }
-                match parse_line(line, source, KindPolicy::Ingest, now) {
+                match parse_line(line, source, KindPolicy::Ingest, now)
+                    .and_then(|ev| within_retention(ev, retention, now))
+                {
                     Ok(ev) => p.events.push(ev),
                     Err(error) => p.errors.push(LineError {
                         line: Some(i + 1),
@@ -418,7 +427,8 @@ fn ingest_blocking(data: &Data, meta: &RequestMeta, source: &str, body: &[u8]) -
         data.metrics.count_event(&ev);
         data.audit.record_blocking(ev).is_ok()
     };
-    let parsed = match parse_body(body, source, limits.max_batch_events) {
+    let retention = data.settings.audit_retention;
+    let parsed = match parse_body(body, source, limits.max_batch_events, retention) {
         Ok(p) => p,
         Err(e) => {
             let (status, code, msg) = match &e {
@@ -527,7 +537,7 @@ mod tests {
     #[test]
     fn ndjson_line_numbers_count_blank_lines() {
         let body = b"{\"kind\":\"token.verified\",\"outcome\":\"success\"}\n\n{oops\n{\"kind\":\"token.verified\",\"outcome\":\"success\"}\n";
-        let p = parse_body(body, "svc", 10).unwrap();
+        let p = parse_body(body, "svc", 10, None).unwrap();
         assert_eq!(p.events.len(), 2);
         assert_eq!(p.errors.len(), 1);
         assert_eq!(p.errors[0].line, Some(3));
@@ -538,7 +548,7 @@ mod tests {
     fn batch_limit() {
         let line = "{\"kind\":\"token.verified\",\"outcome\":\"success\"}\n";
         assert!(matches!(
-            parse_body(line.repeat(11).as_bytes(), "svc", 10),
+            parse_body(line.repeat(11).as_bytes(), "svc", 10, None),
             Err(BodyError::TooManyEvents(11))
         ));
     }

@@ -11,7 +11,7 @@ use serde_json::json;
 use crate::cli::{self, IngestArgs, SourcesCmd};
 use crate::commands::{format_time_us, AdminSession};
 use crate::config::Settings;
-use crate::ingest::{map_log_line, parse_value, KindPolicy};
+use crate::ingest::{map_log_line, parse_value, within_retention, KindPolicy};
 use crate::sources::FilePosition;
 use crate::state::{sha256_hex, StateDb};
 
@@ -178,12 +178,9 @@ pub fn ingest(settings: &Settings, args: IngestArgs) -> Result<()> {
             let result = parsed
                 .map_err(|e| format!("invalid JSON: {e}"))
                 .and_then(|v| {
-                    parse_value(
-                        map_log_line(v),
-                        &args.source,
-                        KindPolicy::AnyKnown,
-                        now_us(),
-                    )
+                    let now = now_us();
+                    parse_value(map_log_line(v), &args.source, KindPolicy::AnyKnown, now)
+                        .and_then(|ev| within_retention(ev, settings.audit_retention, now))
                 });
             match result {
                 Ok(ev) => batch.push(ev),

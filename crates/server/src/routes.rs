@@ -67,10 +67,14 @@ async fn me(caller: web::ReqData<Authenticated>) -> HttpResponse {
     })
 }
 
+/// Unhealthy when the store cannot record (auth and ingest answer 503 meanwhile) or
+/// when an integrity check found damage (the token service keeps answering: the
+/// damage is to past history, which refusing logins would not repair).
 async fn healthz(data: Data) -> HttpResponse {
     let h = data.store.health();
+    let ok = h.writable && h.integrity.status != "failing";
     let body = json!({
-        "status": if h.writable { "ok" } else { "failing" },
+        "status": if ok { "ok" } else { "failing" },
         "audit_store": {
             "writable": h.writable,
             "last_error": h.last_error,
@@ -79,8 +83,9 @@ async fn healthz(data: Data) -> HttpResponse {
             "index_lag": h.index_lag,
             "index_error": h.index_error,
         },
+        "integrity": h.integrity,
     });
-    if h.writable {
+    if ok {
         HttpResponse::Ok().json(body)
     } else {
         HttpResponse::ServiceUnavailable().json(body)
