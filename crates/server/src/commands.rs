@@ -273,6 +273,14 @@ pub fn audit(settings: &Settings, cmd: AuditCmd) -> Result<()> {
                 m["generated_by"].as_str().unwrap_or("?"),
                 m["generated_at"].as_str().unwrap_or("?"),
             ))?;
+            let r = &m["record"];
+            if let (Some(first), Some(last)) = (r["first_id"].as_i64(), r["last_id"].as_i64()) {
+                cli::print_line(&format!(
+                    "read from the audit record's events {first}..={last}, chain hash at {last}: {} \
+                     (check it with `tokenwatch audit verify`)",
+                    r["last_hash"].as_str().unwrap_or("?")
+                ))?;
+            }
             Ok(())
         }
     }
@@ -288,19 +296,27 @@ pub fn export(settings: &Settings, args: ExportArgs) -> Result<()> {
         )),
         None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
     };
-    let rows = match args.what {
+    let exported = match args.what {
         ExportWhat::Events => reader.export_events_csv(&filter, &mut sink)?,
         ExportWhat::Alerts => reader.export_alerts_csv(&Default::default(), &mut sink)?,
     };
+    let rows = exported.rows;
     sink.flush()?;
     drop(sink);
     let mut ev = NewEvent::new(kinds::ADMIN_EXPORT, Outcome::Success);
     ev.username = Some(operator());
     ev.method = Some("CLI".into());
-    ev.detail = json!({ "what": format!("{:?}", args.what).to_lowercase(), "rows": rows, "filter": serde_json::to_value(&filter).unwrap_or_default() });
+    ev.detail = json!({ "what": format!("{:?}", args.what).to_lowercase(), "rows": rows,
+        "filter": serde_json::to_value(&filter).unwrap_or_default(), "record": exported.record });
     session.store.writer().record_blocking(ev)?;
     session.close()?;
-    eprintln!("exported {rows} rows");
+    match &exported.record {
+        Some(c) => eprintln!(
+            "exported {rows} rows from the record's events {}..={} (chain hash at {}: {})",
+            c.first_id, c.last_id, c.last_id, c.last_hash
+        ),
+        None => eprintln!("exported {rows} rows (the record holds no events)"),
+    }
     Ok(())
 }
 
