@@ -512,7 +512,21 @@ pub(crate) fn format_time_us(us: i64) -> String {
             t.format(&time::format_description::well_known::Rfc3339)
                 .ok()
         })
-        .unwrap_or_else(|| us.to_string())
+        .unwrap_or_else(|| "not a valid time".into())
+}
+
+/// An exception's expiry from a `--expires-in` duration: bounded like the console's,
+/// with an error naming the flag.
+fn exception_expiry(text: &str) -> Result<i64> {
+    let secs = parse_duration_secs(text).context("--expires-in")?;
+    let max = crate::response::MAX_LIFETIME_SECS;
+    if secs > max {
+        bail!(
+            "--expires-in: {text:?} is longer than an exception may last ({} days)",
+            max / 86_400
+        );
+    }
+    Ok(crate::state::now_secs() + secs)
 }
 
 pub fn exceptions(settings: &Settings, cmd: ExceptionsCmd) -> Result<()> {
@@ -535,7 +549,7 @@ pub fn exceptions(settings: &Settings, cmd: ExceptionsCmd) -> Result<()> {
                     e.user.as_deref().unwrap_or("*"),
                     e.ip.as_deref().unwrap_or("*"),
                     e.expires_at
-                        .map(|t| format_time_us(t * 1_000_000))
+                        .map(|t| format_time_us(t.saturating_mul(1_000_000)))
                         .unwrap_or_else(|| "never".into()),
                     e.created_by,
                     e.reason
@@ -550,26 +564,31 @@ pub fn exceptions(settings: &Settings, cmd: ExceptionsCmd) -> Result<()> {
             reason,
             expires_in,
         } => {
-            let expires_at = expires_in
-                .as_deref()
-                .map(parse_duration_secs)
-                .transpose()?
-                .map(|secs| crate::state::now_secs() + secs);
+            let expires_at = expires_in.as_deref().map(exception_expiry).transpose()?;
             let session = AdminSession::open(settings)?;
-            let e = state.add_exception(&crate::state::NewException {
+            let new = crate::state::NewException {
                 detector,
                 user,
                 ip,
                 reason,
                 created_by: operator(),
                 expires_at,
-            })?;
-            session.record(
-                "exceptions add",
-                Outcome::Success,
-                serde_json::to_value(&e).unwrap_or_default(),
-            )?;
+            };
+            let added = state.add_exception(&new, crate::response::Authority::Admin);
+            let (outcome, detail) = match &added {
+                Ok(e) => (
+                    Outcome::Success,
+                    serde_json::to_value(e).unwrap_or_default(),
+                ),
+                Err(err) => (
+                    Outcome::Failure,
+                    json!({ "refused": err.to_string(), "detector": new.detector,
+                            "user": new.user, "ip": new.ip, "expires_at": new.expires_at }),
+                ),
+            };
+            session.record("exceptions add", outcome, detail)?;
             session.close()?;
+            let e = added?;
             cli::print_line(&format!("added exception #{}", e.id))
         }
         ExceptionsCmd::Edit {
@@ -585,12 +604,17 @@ pub fn exceptions(settings: &Settings, cmd: ExceptionsCmd) -> Result<()> {
                 .with_context(|| format!("no exception #{id}"))?;
             let reason = reason.unwrap_or(current.reason);
             let expires_at = match (expires_in, no_expiry) {
-                (Some(d), _) => Some(crate::state::now_secs() + parse_duration_secs(&d)?),
+                (Some(d), _) => Some(exception_expiry(&d)?),
                 (None, true) => None,
                 (None, false) => current.expires_at,
             };
             let session = AdminSession::open(settings)?;
-            let changed = state.update_exception(id, &reason, expires_at)?;
+            let changed = state.update_exception(
+                id,
+                &reason,
+                expires_at,
+                crate::response::Authority::Admin,
+            )?;
             session.record(
                 "exceptions edit",
                 if changed {
