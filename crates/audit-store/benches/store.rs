@@ -482,7 +482,7 @@ fn export() {
             })
         };
         let t = Instant::now();
-        let (n, heap) = peak_heap(|| r.export_events_csv(&f, out).unwrap());
+        let (n, heap) = peak_heap(|| r.export_events_csv(&f, out).unwrap().rows);
         let took = t.elapsed();
         stop.store(true, Ordering::Relaxed);
         let rss_peak = sampler.join().unwrap();

@@ -1,12 +1,13 @@
 //! CSV export helpers: stable columns, RFC 3339 times, formula-injection defence.
 //!
 //! # Formula injection
-//! Spreadsheets execute a cell that starts with `=`, `+`, `-`, `@`, tab or CR. Every
-//! cell whose content can come from outside tokenwatch (usernames, user agents, paths,
-//! reasons, detail JSON, alert summaries...) and starts with one of those characters is
-//! prefixed with a single quote `'` (OWASP guidance), which spreadsheets show as text.
-//! The original value is always available through the API and the database. Cells
-//! tokenwatch itself produces (id, time, kind, outcome, hash) are written unchanged.
+//! Spreadsheets execute a cell that starts with `=`, `+`, `-`, `@`, tab or CR, and a
+//! spreadsheet whose list separator is `;` (or `,`) splits a cell like
+//! `x;=HYPERLINK(...)` and executes its second part. So every CSV tokenwatch writes goes
+//! through [`SafeCsv`]: every field quoted, and in every field a formula character at
+//! the start of the cell or of any `;`- or `,`-separated part (after spaces) gets a
+//! single quote `'` before it (OWASP guidance), which spreadsheets show as text. The
+//! original value is always available through the API and the database.
 
 use crate::Outcome;
 
@@ -80,14 +81,37 @@ pub const CSV_IP_SUMMARY_COLUMNS: &[&str] = &[
     "users",
 ];
 
+/// What an export wrote, and the part of the record it was read from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Exported {
+    /// Data rows written (the header not counted).
+    pub rows: u64,
+    /// The record's events as the export saw them (one read snapshot); `None` when
+    /// the record holds no events.
+    pub record: Option<ChainRange>,
+}
+
+/// A stretch of the hash chain: every exported event row has an id in
+/// `first_id..=last_id`, and `last_hash` (hex) is the chain hash at `last_id`, which
+/// `tokenwatch audit verify` and the signed checkpoints vouch for.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct ChainRange {
+    pub first_id: i64,
+    pub last_id: i64,
+    pub last_hash: String,
+}
+
 /// UTC RFC 3339 with microseconds, e.g. `2024-05-01T12:00:00.000123Z`.
 pub fn rfc3339_us(t: i64) -> String {
+    // Out of the representable range: only a tampered row could hold this.
+    try_rfc3339_us(t).unwrap_or_else(|| format!("invalid-time:{t}"))
+}
+
+/// [`rfc3339_us`], or `None` for a time outside years 0000-9999, for a caller that
+/// must never show a time it could not compute.
+pub fn try_rfc3339_us(t: i64) -> Option<String> {
     let mut buf = [0u8; RFC3339_US_LEN];
-    match write_rfc3339_us(t, &mut buf) {
-        Some(text) => text.to_owned(),
-        // Out of the representable range: only a tampered row could hold this.
-        None => format!("invalid-time:{t}"),
-    }
+    write_rfc3339_us(t, &mut buf).map(str::to_owned)
 }
 
 pub(crate) const RFC3339_US_LEN: usize = 27;
@@ -124,11 +148,84 @@ pub(crate) fn write_rfc3339_us(t: i64, buf: &mut [u8; RFC3339_US_LEN]) -> Option
     std::str::from_utf8(buf).ok()
 }
 
-/// Neutralises a cell from outside so no spreadsheet evaluates it.
+/// The characters that make a spreadsheet evaluate a cell (or a part of one).
+fn is_formula_start(b: u8) -> bool {
+    matches!(b, b'=' | b'+' | b'-' | b'@' | b'\t' | b'\r')
+}
+
+/// Byte offsets in `s` that need a `'` before them: a formula character at the start
+/// of the cell or of a `;`- or `,`-separated part, spaces before it skipped.
+fn formula_starts(s: &str) -> impl Iterator<Item = usize> + '_ {
+    let mut part_start = true;
+    s.bytes().enumerate().filter_map(move |(i, b)| {
+        let hit = part_start && is_formula_start(b);
+        if b == b';' || b == b',' {
+            part_start = true;
+        } else if b != b' ' {
+            part_start = false;
+        }
+        hit.then_some(i)
+    })
+}
+
+/// Neutralises a cell so no spreadsheet evaluates it or any separated part of it.
 pub(crate) fn neutralize(s: &str) -> std::borrow::Cow<'_, str> {
-    match s.as_bytes().first() {
-        Some(b'=' | b'+' | b'-' | b'@' | b'\t' | b'\r') => format!("'{s}").into(),
-        _ => s.into(),
+    let mut hits = formula_starts(s).peekable();
+    if hits.peek().is_none() {
+        return s.into();
+    }
+    let mut out = String::with_capacity(s.len() + 4);
+    let mut from = 0;
+    for at in hits {
+        out.push_str(&s[from..at]);
+        out.push('\'');
+        from = at;
+    }
+    out.push_str(&s[from..]);
+    out.into()
+}
+
+/// The one CSV writer of tokenwatch: RFC 4180, every field quoted, every field
+/// neutralised (see the module docs). Exports, alert exports and report downloads all
+/// write through it.
+pub struct SafeCsv<W: std::io::Write> {
+    inner: csv::Writer<W>,
+}
+
+impl<W: std::io::Write> SafeCsv<W> {
+    pub fn new(out: W) -> Self {
+        SafeCsv {
+            inner: csv::WriterBuilder::new()
+                .quote_style(csv::QuoteStyle::Always)
+                .buffer_capacity(256 * 1024)
+                .from_writer(out),
+        }
+    }
+
+    /// Writes one field of the current record.
+    pub fn field(&mut self, value: &str) -> Result<(), csv::Error> {
+        self.inner.write_field(neutralize(value).as_bytes())
+    }
+
+    /// Ends the current record.
+    pub fn end_record(&mut self) -> Result<(), csv::Error> {
+        self.inner.write_record(None::<&[u8]>)
+    }
+
+    /// Writes a whole record.
+    pub fn record<I, S>(&mut self, fields: I) -> Result<(), csv::Error>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        for f in fields {
+            self.field(f.as_ref())?;
+        }
+        self.end_record()
+    }
+
+    pub fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
     }
 }
 
@@ -162,8 +259,32 @@ mod tests {
             ("\rx", "'\rx"),
             ("a=b", "a=b"),
             ("", ""),
+            // A spreadsheet splitting on `;` or `,` would evaluate the second part.
+            (
+                "x;=HYPERLINK(\"http://e.invalid\")",
+                "x;'=HYPERLINK(\"http://e.invalid\")",
+            ),
+            ("x,=1", "x,'=1"),
+            ("x; @A1", "x; '@A1"),
+            ("  =1", "  '=1"),
+            ("a;b,-c;;+d", "a;b,'-c;;'+d"),
+            ("a; b", "a; b"),
+            ("é;=1", "é;'=1"),
         ] {
-            assert_eq!(neutralize(i), o);
+            assert_eq!(neutralize(i), o, "{i:?}");
         }
+    }
+
+    #[test]
+    fn every_field_is_quoted_and_neutralised() {
+        let mut out = Vec::new();
+        let mut w = SafeCsv::new(&mut out);
+        w.record(["1", "x;=1", "a\"b"]).unwrap();
+        w.flush().unwrap();
+        drop(w);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "\"1\",\"x;'=1\",\"a\"\"b\"\n"
+        );
     }
 }

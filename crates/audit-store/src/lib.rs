@@ -63,8 +63,8 @@ mod writer;
 pub use config::{StoreConfig, Synchronous};
 pub use error::StoreError;
 pub use export::{
-    rfc3339_us, CSV_ALERT_COLUMNS, CSV_EVENT_COLUMNS, CSV_IP_SUMMARY_COLUMNS,
-    CSV_USER_SUMMARY_COLUMNS,
+    rfc3339_us, try_rfc3339_us, ChainRange, Exported, SafeCsv, CSV_ALERT_COLUMNS,
+    CSV_EVENT_COLUMNS, CSV_IP_SUMMARY_COLUMNS, CSV_USER_SUMMARY_COLUMNS,
 };
 pub use integrity::{IntegrityFailure, IntegrityHealth};
 pub use model::*;

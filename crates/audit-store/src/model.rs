@@ -68,6 +68,9 @@ pub mod kinds {
     pub const LOCKOUT_APPLIED: &str = "lockout.applied";
     /// A lockout lifted early by an operator.
     pub const LOCKOUT_LIFTED: &str = "lockout.lifted";
+    /// An analyst's exception reached its expiry and stopped applying (recorded once,
+    /// by the server's periodic sweep).
+    pub const EXCEPTION_EXPIRED: &str = "exception.expired";
     /// One request to the ingest API (`POST /api/v1/events`), with its counts;
     /// the events it carried are recorded each under their own kind.
     pub const INGEST_BATCH: &str = "ingest.batch";
@@ -101,6 +104,7 @@ pub mod kinds {
         PLUGIN_UNLOADED,
         LOCKOUT_APPLIED,
         LOCKOUT_LIFTED,
+        EXCEPTION_EXPIRED,
         INGEST_BATCH,
         AUDIT_LOSS_ACCEPTED,
         AUDIT_INTEGRITY_FAILED,

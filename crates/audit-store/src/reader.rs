@@ -9,7 +9,7 @@ use std::time::Duration;
 use rusqlite::types::Value;
 use rusqlite::{params_from_iter, Connection, OpenFlags, OptionalExtension, Row};
 
-use crate::export::{neutralize, outcome_str, rfc3339_us};
+use crate::export::{outcome_str, rfc3339_us, ChainRange, Exported, SafeCsv};
 use crate::rollup::{self, Dim};
 use crate::{
     Alert, AlertFilter, AlertStatus, Bucket, Cursor, EventFilter, Outcome, Page, Severity,
@@ -174,6 +174,15 @@ fn event_where(f: &EventFilter, who: Who) -> (String, Vec<Value>) {
 /// Record rows the index does not hold yet. A scalar subquery, so each statement reads
 /// the watermark from the same snapshot as the index rows it combines with.
 const ABOVE_INDEX: &str = "id > (SELECT indexed_id FROM ix.ix_state WHERE singleton = 1)";
+
+/// The narrow columns of every event in the record matching `w`: what a report reads
+/// instead of the index, so the index cannot change which rows it counts.
+fn from_record(w: &str) -> String {
+    format!(
+        "SELECT {} FROM main.events WHERE {w}",
+        crate::index::NARROW_COLS
+    )
+}
 
 /// `SELECT {cols}` of every event matching `w` (unqualified event columns): from the
 /// index up to its watermark, from the record above it.
@@ -451,92 +460,93 @@ impl AuditReader {
     }
 
     /// Streams every event matching `f` as CSV ([`crate::CSV_EVENT_COLUMNS`]), oldest
-    /// first, in constant memory. Returns the number of data rows. Cells from outside
-    /// are neutralised against formula injection (see the `export` module docs).
-    pub fn export_events_csv<W: Write>(&self, f: &EventFilter, out: W) -> Result<u64, StoreError> {
+    /// first (by time, then id: the explorer's rows reversed), in constant memory.
+    ///
+    /// Read from the record alone, never the derived index: which rows, and every field
+    /// of them, come from `events` in one read snapshot, so an edited `audit-index.db`
+    /// cannot make a report lie. The cost is a scan of the record (its time column is
+    /// not indexed, and ingested events carry their own times, so an id range cannot
+    /// stand in for a time range).
+    pub fn export_events_csv<W: Write>(
+        &self,
+        f: &EventFilter,
+        out: W,
+    ) -> Result<Exported, StoreError> {
         let conn = self.conn()?;
-        let (wx, p) = event_where_on("x.", f, Who::Either);
-        let (w, _) = event_where(f, Who::Either);
-        let indexed_cols = EVENT_COLS
-            .split(", ")
-            .map(|c| match c {
-                "id" | "time_us" => format!("x.{c}"),
-                c => format!("e.{c}"),
-            })
-            .collect::<Vec<_>>()
-            .join(", ");
-        // Oldest first in the explorer's (time, id) order, so an export is exactly the
-        // explorer's rows reversed. SQLite merges the two ordered arms; the index arm
-        // comes in order off the index's time index, the short unindexed tail is sorted.
-        let mut st = conn.prepare(&format!(
-            "SELECT {indexed_cols} FROM ix.ev x JOIN main.events e ON e.id = x.id WHERE {wx}
-             UNION ALL SELECT {EVENT_COLS} FROM main.events WHERE {ABOVE_INDEX} AND {w}
-             ORDER BY 2, 1"
+        let tx = conn.unchecked_transaction()?;
+        let record = chain_range(&tx)?;
+        let (w, p) = event_where(f, Who::Either);
+        let mut st = tx.prepare(&format!(
+            "SELECT {EVENT_COLS} FROM main.events WHERE {w} ORDER BY time_us, id"
         ))?;
         let mut rows = st.query(params_from_iter(p))?;
-        let mut csv = csv::WriterBuilder::new()
-            .buffer_capacity(256 * 1024)
-            .from_writer(out);
-        csv.write_record(crate::CSV_EVENT_COLUMNS)?;
+        let mut csv = SafeCsv::new(out);
+        csv.record(crate::CSV_EVENT_COLUMNS)?;
         let mut n = 0u64;
         let mut idbuf = itoa_buf();
         // Reused per row: a million rows must not mean millions of small allocations.
         let mut timebuf = [0u8; crate::export::RFC3339_US_LEN];
         let mut hexbuf = [0u8; 64];
         while let Some(r) = rows.next()? {
-            let id: i64 = r.get(0)?;
+            csv.field(fmt_int(&mut idbuf, r.get(0)?))?;
             let t: i64 = r.get(1)?;
-            csv.write_field(fmt_int(&mut idbuf, id))?;
             match crate::export::write_rfc3339_us(t, &mut timebuf) {
-                Some(text) => csv.write_field(text)?,
-                None => csv.write_field(rfc3339_us(t))?,
+                Some(text) => csv.field(text)?,
+                None => csv.field(&rfc3339_us(t))?,
             }
-            csv.write_field(r.get_ref(2)?.as_str().unwrap_or(""))?;
+            csv.field(r.get_ref(2)?.as_str().unwrap_or(""))?;
             let outcome = r.get_ref(3)?.as_str().unwrap_or_default();
-            csv.write_field(outcome_str(Outcome::from_db(outcome)))?;
+            csv.field(outcome_str(Outcome::from_db(outcome)))?;
             for i in 4..=16 {
-                let v = r.get_ref(i)?;
-                csv.write_field(neutralize(v.as_str().unwrap_or("")).as_bytes())?;
+                csv.field(r.get_ref(i)?.as_str().unwrap_or(""))?;
             }
             let hash = r.get_ref(17)?.as_blob().unwrap_or_default();
             match hex::encode_to_slice(hash, &mut hexbuf) {
-                Ok(()) => csv.write_field(&hexbuf[..])?,
-                Err(_) => csv.write_field(hex::encode(hash))?,
+                Ok(()) => csv.field(std::str::from_utf8(&hexbuf).unwrap_or_default())?,
+                Err(_) => csv.field(&hex::encode(hash))?,
             }
-            csv.write_record(None::<&[u8]>)?;
+            csv.end_record()?;
             n += 1;
         }
         csv.flush().map_err(|e| StoreError::Csv(e.into()))?;
-        Ok(n)
+        Ok(Exported { rows: n, record })
     }
 
     /// Streams alerts matching `f` as CSV ([`crate::CSV_ALERT_COLUMNS`]), oldest first.
-    pub fn export_alerts_csv<W: Write>(&self, f: &AlertFilter, out: W) -> Result<u64, StoreError> {
+    /// Alerts live in the record (`audit.db`); `record` is its event chain as of the
+    /// same snapshot.
+    pub fn export_alerts_csv<W: Write>(
+        &self,
+        f: &AlertFilter,
+        out: W,
+    ) -> Result<Exported, StoreError> {
         let conn = self.conn()?;
+        let tx = conn.unchecked_transaction()?;
+        let record = chain_range(&tx)?;
         let (w, p) = alert_where(f);
-        let mut st = conn.prepare(&format!(
+        let mut st = tx.prepare(&format!(
             "SELECT {ALERT_COLS} FROM alerts WHERE {w} ORDER BY id"
         ))?;
         let mut rows = st.query(params_from_iter(p))?;
-        let mut csv = csv::Writer::from_writer(out);
-        csv.write_record(crate::CSV_ALERT_COLUMNS)?;
+        let mut csv = SafeCsv::new(out);
+        csv.record(crate::CSV_ALERT_COLUMNS)?;
         let mut n = 0u64;
-        let opt = |s: &Option<String>| neutralize(s.as_deref().unwrap_or("")).into_owned();
+        let opt = |s: &Option<String>| s.clone().unwrap_or_default();
         while let Some(r) = rows.next()? {
             let a = alert_row(r)?;
             let evidence: Vec<String> = a.evidence.iter().map(i64::to_string).collect();
-            csv.write_record([
+            csv.record([
                 a.id.to_string(),
                 rfc3339_us(a.time_us),
                 rfc3339_us(a.updated_at_us),
-                neutralize(&a.detector).into_owned(),
-                neutralize(&a.rule).into_owned(),
+                a.detector,
+                a.rule,
                 a.severity.as_str().to_owned(),
                 a.status.as_str().to_owned(),
                 opt(&a.subject),
                 opt(&a.client_ip),
-                neutralize(&a.summary).into_owned(),
-                neutralize(&a.group_key).into_owned(),
+                a.summary,
+                a.group_key,
                 a.count.to_string(),
                 evidence.join(" "),
                 opt(&a.status_by),
@@ -546,8 +556,30 @@ impl AuditReader {
             n += 1;
         }
         csv.flush().map_err(|e| StoreError::Csv(e.into()))?;
-        Ok(n)
+        Ok(Exported { rows: n, record })
     }
+}
+
+/// The record's event chain in the current read transaction: first and last id, and
+/// the chain hash at the last one.
+fn chain_range(conn: &Connection) -> Result<Option<ChainRange>, StoreError> {
+    let ends: Option<(i64, i64)> =
+        conn.query_row("SELECT min(id), max(id) FROM main.events", [], |r| {
+            Ok(r.get::<_, Option<i64>>(0)?.zip(r.get::<_, Option<i64>>(1)?))
+        })?;
+    let Some((first_id, last_id)) = ends else {
+        return Ok(None);
+    };
+    let hash: Vec<u8> = conn.query_row(
+        "SELECT hash FROM main.events WHERE id = ?1",
+        [last_id],
+        |r| r.get(0),
+    )?;
+    Ok(Some(ChainRange {
+        first_id,
+        last_id,
+        last_hash: hex::encode(hash),
+    }))
 }
 
 impl AuditReader {
@@ -583,7 +615,7 @@ impl AuditReader {
         &self,
         f: &EventFilter,
         out: W,
-    ) -> Result<u64, StoreError> {
+    ) -> Result<Exported, StoreError> {
         let (w, p) = event_where(f, Who::Either);
         // SQLite takes the bare column client_ip from the row holding max(time_us):
         // the IP the user was last seen from.
@@ -594,7 +626,7 @@ impl AuditReader {
                     min(time_us), max(time_us), client_ip
              FROM ({m}) WHERE coalesce(username, subject) IS NOT NULL
              GROUP BY u ORDER BY u",
-            m = matching(crate::index::NARROW_COLS, &w)
+            m = from_record(&w)
         );
         self.summary_csv(&sql, p, crate::CSV_USER_SUMMARY_COLUMNS, out)
     }
@@ -605,7 +637,7 @@ impl AuditReader {
         &self,
         f: &EventFilter,
         out: W,
-    ) -> Result<u64, StoreError> {
+    ) -> Result<Exported, StoreError> {
         let (w, p) = event_where(f, Who::Either);
         let sql = format!(
             "SELECT client_ip,
@@ -614,29 +646,32 @@ impl AuditReader {
                     min(time_us), max(time_us), count(DISTINCT coalesce(username, subject))
              FROM ({m}) WHERE client_ip IS NOT NULL
              GROUP BY client_ip ORDER BY client_ip",
-            m = matching(crate::index::NARROW_COLS, &w)
+            m = from_record(&w)
         );
         self.summary_csv(&sql, p, crate::CSV_IP_SUMMARY_COLUMNS, out)
     }
 
     /// Runs a summary query whose columns are: key, five counts, first and last
-    /// time, and one trailing text-or-count column.
+    /// time, and one trailing text-or-count column. Like the event export, it reads
+    /// the record, never the derived index.
     fn summary_csv<W: Write>(
         &self,
         sql: &str,
         params: Vec<Value>,
         header: &[&str],
         out: W,
-    ) -> Result<u64, StoreError> {
+    ) -> Result<Exported, StoreError> {
         let conn = self.conn()?;
-        let mut st = conn.prepare(sql)?;
+        let tx = conn.unchecked_transaction()?;
+        let record = chain_range(&tx)?;
+        let mut st = tx.prepare(sql)?;
         let mut rows = st.query(params_from_iter(params))?;
-        let mut csv = csv::Writer::from_writer(out);
-        csv.write_record(header)?;
+        let mut csv = SafeCsv::new(out);
+        csv.record(header)?;
         let mut n = 0u64;
         while let Some(r) = rows.next()? {
             let key: String = r.get(0)?;
-            let mut rec: Vec<String> = vec![neutralize(&key).into_owned()];
+            let mut rec: Vec<String> = vec![key];
             for i in 1..=5 {
                 rec.push(r.get::<_, i64>(i)?.to_string());
             }
@@ -644,14 +679,14 @@ impl AuditReader {
             rec.push(rfc3339_us(r.get(7)?));
             let last = match r.get_ref(8)? {
                 rusqlite::types::ValueRef::Integer(i) => i.to_string(),
-                v => neutralize(v.as_str().unwrap_or("")).into_owned(),
+                v => v.as_str().unwrap_or("").to_owned(),
             };
             rec.push(last);
-            csv.write_record(&rec)?;
+            csv.record(&rec)?;
             n += 1;
         }
         csv.flush().map_err(|e| StoreError::Csv(e.into()))?;
-        Ok(n)
+        Ok(Exported { rows: n, record })
     }
 }
 
@@ -687,9 +722,11 @@ fn page_query(
     p.push(Value::Integer(limit as i64));
     let n = p.len();
     // Each arm is limited on its own (the index arm walks its index in order and
-    // stops), then the two short lists are merged.
+    // stops), then the two short lists are merged. The outer `{w}` checks the filter
+    // again on the record's own columns: a row the index claims but the record does
+    // not match (an edited or forged index row) is never shown.
     let sql = format!(
-        "SELECT {EVENT_COLS} FROM main.events WHERE id IN (
+        "SELECT {EVENT_COLS} FROM main.events WHERE {w} AND id IN (
            SELECT id FROM (
              SELECT * FROM (SELECT id, time_us FROM ix.ev WHERE {w}
                             ORDER BY time_us DESC, id DESC LIMIT ?{n})

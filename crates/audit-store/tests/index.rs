@@ -154,3 +154,112 @@ fn queries_are_exact_while_the_index_lags_and_health_shows_the_lag() {
     assert_eq!(answers(&r), lagging);
     store.shutdown().unwrap();
 }
+
+/// Every report the record can produce for `f`: events, per-user and per-IP CSVs.
+fn reports(r: &AuditReader, f: &EventFilter) -> [(String, Exported); 3] {
+    let mut out = [Vec::new(), Vec::new(), Vec::new()];
+    let ev = r.export_events_csv(f, &mut out[0]).unwrap();
+    let users = r.export_user_summary_csv(f, &mut out[1]).unwrap();
+    let ips = r.export_ip_summary_csv(f, &mut out[2]).unwrap();
+    let [a, b, c] = out.map(|v| String::from_utf8(v).unwrap());
+    [(a, ev), (b, users), (c, ips)]
+}
+
+#[test]
+fn an_edited_index_never_changes_a_report_or_what_the_explorer_shows() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = cfg(dir.path());
+    let store = AuditStore::open(c.clone()).unwrap();
+    write(&store, 0..300);
+    store.index_now().unwrap();
+    store.shutdown().unwrap();
+
+    let filters = [
+        EventFilter::default(),
+        EventFilter {
+            subject_or_username: Some("user2".into()),
+            ..Default::default()
+        },
+        EventFilter {
+            from_us: Some(T0 + 100 * 1_000),
+            to_us: Some(T0 + 200 * 1_000),
+            ..Default::default()
+        },
+        EventFilter {
+            client_ip: Some("10.0.0.3".into()),
+            outcome: Some(Outcome::Failure),
+            ..Default::default()
+        },
+    ];
+    let r = AuditReader::open(&c.db_path).unwrap();
+    let before: Vec<_> = filters.iter().map(|f| reports(&r, f)).collect();
+    drop(r);
+
+    // Pick the rows to edit by what the index says, so the edits surely touch rows
+    // the filters select.
+    let ix = rusqlite::Connection::open(c.index_path()).unwrap();
+    let user2: i64 = ix
+        .query_row(
+            "SELECT min(id) FROM ev WHERE username = 'user2' OR subject = 'user2'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    let in_range: i64 = ix
+        .query_row(
+            "SELECT min(id) FROM ev WHERE time_us >= ?1 AND id <> ?2",
+            rusqlite::params![T0 + 150 * 1_000, user2],
+            |r| r.get(0),
+        )
+        .unwrap();
+    ix.execute_batch(&format!(
+            // Hide user2's row from its user, move a row out of the time range, drop
+            // every failure from 10.0.0.3, and forge a row the record never had.
+            "UPDATE ev SET username = 'someone-else', subject = 'someone-else' WHERE id = {user2};
+             UPDATE ev SET time_us = 0 WHERE id = {in_range};
+             DELETE FROM ev WHERE client_ip = '10.0.0.3' AND outcome = 'failure';
+             INSERT INTO ev (id, time_us, kind, outcome, username, client_ip, source)
+                 VALUES (999999, {t}, 'auth.login.failure', 'failure', 'user2', '10.0.0.3', 'tokenwatch');",
+        t = T0 + 150 * 1_000
+    ))
+    .unwrap();
+    drop(ix);
+
+    let r = AuditReader::open(&c.db_path).unwrap();
+    let after: Vec<_> = filters.iter().map(|f| reports(&r, f)).collect();
+    assert_eq!(after, before, "a report followed the edited index");
+    let [(_, all), ..] = &after[0];
+    assert_eq!(all.rows, 300);
+    let range = all.record.clone().unwrap();
+    assert_eq!((range.first_id, range.last_id), (1, 300));
+    assert_eq!(range.last_hash.len(), 64);
+
+    // The explorer pages through the index, but shows only rows the record confirms:
+    // the forged row and the row whose user was edited into the index are not shown.
+    let shown = r
+        .query_events(
+            &EventFilter {
+                subject_or_username: Some("user2".into()),
+                ..Default::default()
+            },
+            None,
+            1000,
+        )
+        .unwrap();
+    assert!(shown.items.iter().all(|e| e.id != 999_999));
+    assert!(shown
+        .items
+        .iter()
+        .all(|e| e.username.as_deref() == Some("user2") || e.subject.as_deref() == Some("user2")));
+    let edited_in = r
+        .query_events(
+            &EventFilter {
+                subject_or_username: Some("someone-else".into()),
+                ..Default::default()
+            },
+            None,
+            1000,
+        )
+        .unwrap();
+    assert!(edited_in.items.is_empty(), "{:?}", edited_in.items);
+}

@@ -680,26 +680,37 @@ fn retention_prunes_old_rows_and_what_remains_still_verifies() {
 fn csv_export_round_trips_awkward_values_and_defuses_formulas() {
     let dir = tempfile::tempdir().unwrap();
     let store = AuditStore::open(cfg(dir.path())).unwrap();
-    let awkward = [
-        "plain",
-        "comma, inside",
-        "quote \" inside",
-        "new\nline and\r\nCRLF",
-        "naïve 用户 😀",
-        "=HYPERLINK(\"http://evil\",\"x\")",
-        "+1",
-        "-2+3",
-        "@SUM(A1)",
-        "\tTAB",
-        "\rCR",
-        "",
+    // (stored value, what a spreadsheet must be given)
+    let cases = [
+        ("plain", "plain"),
+        ("comma, inside", "comma, inside"),
+        ("quote \" inside", "quote \" inside"),
+        ("new\nline and\r\nCRLF", "new\nline and\r\nCRLF"),
+        ("naïve 用户 😀", "naïve 用户 😀"),
+        (
+            "=HYPERLINK(\"http://evil\",\"x\")",
+            "'=HYPERLINK(\"http://evil\",\"x\")",
+        ),
+        ("+1", "'+1"),
+        ("-2+3", "'-2+3"),
+        ("@SUM(A1)", "'@SUM(A1)"),
+        ("\tTAB", "'\tTAB"),
+        ("\rCR", "'\rCR"),
+        ("", ""),
+        // Safe for a `,` reader, a formula where the list separator is `;`.
+        (
+            "x;=HYPERLINK(\"http://evil\")",
+            "x;'=HYPERLINK(\"http://evil\")",
+        ),
+        ("a, -1;@b", "a, '-1;'@b"),
     ];
     let w = store.writer();
-    for (i, v) in awkward.iter().enumerate() {
+    for (i, (v, _)) in cases.iter().enumerate() {
         w.record_blocking(
             NewEvent::new(kinds::AUTH_LOGIN_FAILURE, Outcome::Failure)
                 .with_time_us(1_714_564_800_000_123 + i as i64)
                 .with_username(*v)
+                .with_client_ip(*v)
                 .with_user_agent(*v)
                 .with_path(*v)
                 .with_detail(serde_json::json!({ "note": v })),
@@ -710,8 +721,9 @@ fn csv_export_round_trips_awkward_values_and_defuses_formulas() {
     let mut out = Vec::new();
     let n = r
         .export_events_csv(&EventFilter::default(), &mut out)
-        .unwrap();
-    assert_eq!(n, awkward.len() as u64);
+        .unwrap()
+        .rows;
+    assert_eq!(n, cases.len() as u64);
     let mut rd = csv::Reader::from_reader(out.as_slice());
     assert_eq!(
         rd.headers().unwrap().iter().collect::<Vec<_>>(),
@@ -719,22 +731,44 @@ fn csv_export_round_trips_awkward_values_and_defuses_formulas() {
     );
     let col = |name: &str| CSV_EVENT_COLUMNS.iter().position(|c| *c == name).unwrap();
     let rows: Vec<csv::StringRecord> = rd.records().map(Result::unwrap).collect();
-    for (row, v) in rows.iter().zip(awkward) {
-        let dangerous = matches!(v.chars().next(), Some('=' | '+' | '-' | '@' | '\t' | '\r'));
-        let want = if dangerous {
-            format!("'{v}")
-        } else {
-            v.to_string()
-        };
+    for (row, (v, want)) in rows.iter().zip(cases) {
         for c in ["username", "user_agent", "path"] {
             assert_eq!(&row[col(c)], want, "column {c}");
         }
+        // Inside the detail JSON the value does not start the cell; a part after a
+        // `;` or `,` still gets its quote.
+        let inner = if want.starts_with('\'') { v } else { want };
         let detail: serde_json::Value = serde_json::from_str(&row[col("detail")]).unwrap();
-        assert_eq!(detail["note"], *v);
+        assert_eq!(detail["note"], inner);
         assert_eq!(&row[col("outcome")], "failure");
         assert_eq!(row[col("hash")].len(), 64);
     }
     assert_eq!(&rows[0][col("time")], "2024-05-01T12:00:00.000123Z");
+    // Every field quoted, so no reader splits or trims one.
+    let first_line = std::str::from_utf8(&out).unwrap().lines().nth(1).unwrap();
+    assert!(
+        first_line.starts_with("\"") && first_line.contains("\",\"plain\",\""),
+        "{first_line}"
+    );
+
+    // The per-user and per-IP report downloads are defused the same way.
+    let mut users = Vec::new();
+    r.export_user_summary_csv(&EventFilter::default(), &mut users)
+        .unwrap();
+    let mut ips = Vec::new();
+    r.export_ip_summary_csv(&EventFilter::default(), &mut ips)
+        .unwrap();
+    for text in [users, ips] {
+        let text = String::from_utf8(text).unwrap();
+        assert!(text.starts_with('"'), "{text}");
+        let keys: Vec<String> = csv::Reader::from_reader(text.as_bytes())
+            .records()
+            .map(|r| r.unwrap()[0].to_string())
+            .collect();
+        for (_, want) in cases.iter().filter(|(v, _)| !v.is_empty()) {
+            assert!(keys.iter().any(|k| k == want), "{want:?} not in {keys:?}");
+        }
+    }
 
     // A filter applies to the export too.
     let mut out = Vec::new();
@@ -746,7 +780,8 @@ fn csv_export_round_trips_awkward_values_and_defuses_formulas() {
             },
             &mut out,
         )
-        .unwrap();
+        .unwrap()
+        .rows;
     assert_eq!(n, 1);
 
     w.insert_alert(NewAlert {
@@ -755,7 +790,7 @@ fn csv_export_round_trips_awkward_values_and_defuses_formulas() {
         rule: "r1".into(),
         severity: Severity::High,
         subject: Some("=cmd|' /C calc'!A0".into()),
-        client_ip: Some("10.0.0.1".into()),
+        client_ip: Some("10.0.0.1;=1".into()),
         summary: "5 failures, \"quoted\"\nnext line".into(),
         group_key: "ip:10.0.0.1".into(),
         evidence: vec![1, 2, 3],
@@ -764,7 +799,8 @@ fn csv_export_round_trips_awkward_values_and_defuses_formulas() {
     let mut out = Vec::new();
     assert_eq!(
         r.export_alerts_csv(&AlertFilter::default(), &mut out)
-            .unwrap(),
+            .unwrap()
+            .rows,
         1
     );
     let mut rd = csv::Reader::from_reader(out.as_slice());
@@ -775,6 +811,7 @@ fn csv_export_round_trips_awkward_values_and_defuses_formulas() {
     let row = rd.records().next().unwrap().unwrap();
     let acol = |name: &str| CSV_ALERT_COLUMNS.iter().position(|c| *c == name).unwrap();
     assert_eq!(&row[acol("subject")], "'=cmd|' /C calc'!A0");
+    assert_eq!(&row[acol("client_ip")], "10.0.0.1;'=1");
     assert_eq!(&row[acol("summary")], "5 failures, \"quoted\"\nnext line");
     assert_eq!(&row[acol("evidence")], "1 2 3");
     assert_eq!(&row[acol("time")], "2024-05-01T12:00:00.000000Z");

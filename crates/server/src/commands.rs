@@ -289,6 +289,14 @@ pub fn audit(settings: &Settings, cmd: AuditCmd) -> Result<()> {
                 m["generated_by"].as_str().unwrap_or("?"),
                 m["generated_at"].as_str().unwrap_or("?"),
             ))?;
+            let r = &m["record"];
+            if let (Some(first), Some(last)) = (r["first_id"].as_i64(), r["last_id"].as_i64()) {
+                cli::print_line(&format!(
+                    "read from the audit record's events {first}..={last}, chain hash at {last}: {} \
+                     (check it with `tokenwatch audit verify`)",
+                    r["last_hash"].as_str().unwrap_or("?")
+                ))?;
+            }
             Ok(())
         }
     }
@@ -304,19 +312,27 @@ pub fn export(settings: &Settings, args: ExportArgs) -> Result<()> {
         )),
         None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
     };
-    let rows = match args.what {
+    let exported = match args.what {
         ExportWhat::Events => reader.export_events_csv(&filter, &mut sink)?,
         ExportWhat::Alerts => reader.export_alerts_csv(&Default::default(), &mut sink)?,
     };
+    let rows = exported.rows;
     sink.flush()?;
     drop(sink);
     let mut ev = NewEvent::new(kinds::ADMIN_EXPORT, Outcome::Success);
     ev.username = Some(operator());
     ev.method = Some("CLI".into());
-    ev.detail = json!({ "what": format!("{:?}", args.what).to_lowercase(), "rows": rows, "filter": serde_json::to_value(&filter).unwrap_or_default() });
+    ev.detail = json!({ "what": format!("{:?}", args.what).to_lowercase(), "rows": rows,
+        "filter": serde_json::to_value(&filter).unwrap_or_default(), "record": exported.record });
     session.store.writer().record_blocking(ev)?;
     session.close()?;
-    eprintln!("exported {rows} rows");
+    match &exported.record {
+        Some(c) => eprintln!(
+            "exported {rows} rows from the record's events {}..={} (chain hash at {}: {})",
+            c.first_id, c.last_id, c.last_id, c.last_hash
+        ),
+        None => eprintln!("exported {rows} rows (the record holds no events)"),
+    }
     Ok(())
 }
 
@@ -512,7 +528,21 @@ pub(crate) fn format_time_us(us: i64) -> String {
             t.format(&time::format_description::well_known::Rfc3339)
                 .ok()
         })
-        .unwrap_or_else(|| us.to_string())
+        .unwrap_or_else(|| "not a valid time".into())
+}
+
+/// An exception's expiry from a `--expires-in` duration: bounded like the console's,
+/// with an error naming the flag.
+fn exception_expiry(text: &str) -> Result<i64> {
+    let secs = parse_duration_secs(text).context("--expires-in")?;
+    let max = crate::response::MAX_LIFETIME_SECS;
+    if secs > max {
+        bail!(
+            "--expires-in: {text:?} is longer than an exception may last ({} days)",
+            max / 86_400
+        );
+    }
+    Ok(crate::state::now_secs() + secs)
 }
 
 pub fn exceptions(settings: &Settings, cmd: ExceptionsCmd) -> Result<()> {
@@ -535,7 +565,7 @@ pub fn exceptions(settings: &Settings, cmd: ExceptionsCmd) -> Result<()> {
                     e.user.as_deref().unwrap_or("*"),
                     e.ip.as_deref().unwrap_or("*"),
                     e.expires_at
-                        .map(|t| format_time_us(t * 1_000_000))
+                        .map(|t| format_time_us(t.saturating_mul(1_000_000)))
                         .unwrap_or_else(|| "never".into()),
                     e.created_by,
                     e.reason
@@ -550,26 +580,31 @@ pub fn exceptions(settings: &Settings, cmd: ExceptionsCmd) -> Result<()> {
             reason,
             expires_in,
         } => {
-            let expires_at = expires_in
-                .as_deref()
-                .map(parse_duration_secs)
-                .transpose()?
-                .map(|secs| crate::state::now_secs() + secs);
+            let expires_at = expires_in.as_deref().map(exception_expiry).transpose()?;
             let session = AdminSession::open(settings)?;
-            let e = state.add_exception(&crate::state::NewException {
+            let new = crate::state::NewException {
                 detector,
                 user,
                 ip,
                 reason,
                 created_by: operator(),
                 expires_at,
-            })?;
-            session.record(
-                "exceptions add",
-                Outcome::Success,
-                serde_json::to_value(&e).unwrap_or_default(),
-            )?;
+            };
+            let added = state.add_exception(&new, crate::response::Authority::Admin);
+            let (outcome, detail) = match &added {
+                Ok(e) => (
+                    Outcome::Success,
+                    serde_json::to_value(e).unwrap_or_default(),
+                ),
+                Err(err) => (
+                    Outcome::Failure,
+                    json!({ "refused": err.to_string(), "detector": new.detector,
+                            "user": new.user, "ip": new.ip, "expires_at": new.expires_at }),
+                ),
+            };
+            session.record("exceptions add", outcome, detail)?;
             session.close()?;
+            let e = added?;
             cli::print_line(&format!("added exception #{}", e.id))
         }
         ExceptionsCmd::Edit {
@@ -585,12 +620,17 @@ pub fn exceptions(settings: &Settings, cmd: ExceptionsCmd) -> Result<()> {
                 .with_context(|| format!("no exception #{id}"))?;
             let reason = reason.unwrap_or(current.reason);
             let expires_at = match (expires_in, no_expiry) {
-                (Some(d), _) => Some(crate::state::now_secs() + parse_duration_secs(&d)?),
+                (Some(d), _) => Some(exception_expiry(&d)?),
                 (None, true) => None,
                 (None, false) => current.expires_at,
             };
             let session = AdminSession::open(settings)?;
-            let changed = state.update_exception(id, &reason, expires_at)?;
+            let changed = state.update_exception(
+                id,
+                &reason,
+                expires_at,
+                crate::response::Authority::Admin,
+            )?;
             session.record(
                 "exceptions edit",
                 if changed {

@@ -3,7 +3,9 @@
 //! client IP throttled, at `/oauth/token`) for a growing period.
 //!
 //! Both live in `state.db` beside users and clients. Callers record the audit
-//! event for every change; this module only keeps the state.
+//! event for every change; this module keeps the state, decides what an analyst
+//! may silence ([`Authority`]), and records each exception's lapse once
+//! ([`spawn_lapse_sweep`]).
 
 use std::net::IpAddr;
 use std::str::FromStr;
@@ -11,6 +13,9 @@ use std::str::FromStr;
 use ipnet::IpNet;
 use rusqlite::{params, OptionalExtension, Row};
 use serde::{Deserialize, Serialize};
+
+use audit_store::{kinds, AuditWriter, NewEvent, Outcome};
+use serde_json::json;
 
 use crate::state::{now_secs, StateDb, StateError};
 
@@ -41,6 +46,187 @@ pub struct NewException {
     pub reason: String,
     pub created_by: String,
     pub expires_at: Option<i64>,
+}
+
+/// Who is making or changing an exception. An analyst may silence one detector for
+/// one subject or a small network for a bounded time; anything wider switches off
+/// more detection than one analyst should alone, so it is the admin's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Authority {
+    Analyst,
+    /// Console admins, and the CLI (it runs as the operator).
+    Admin,
+}
+
+/// The longest an analyst's exception may last: 90 days.
+pub const ANALYST_MAX_LIFETIME_SECS: i64 = 90 * 24 * 3600;
+/// The longest any exception with an expiry may last: ten years (admins may also
+/// give none). A bound keeps every expiry a time the product can show.
+pub const MAX_LIFETIME_SECS: i64 = 10 * 366 * 24 * 3600;
+/// The widest networks an analyst may name.
+const ANALYST_MIN_V4_PREFIX: u8 = 24;
+const ANALYST_MIN_V6_PREFIX: u8 = 56;
+
+/// Why an exception or a change to one was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ExceptionRefused {
+    /// The input is wrong whoever sends it.
+    #[error("{0}")]
+    Invalid(String),
+    /// Within what an admin may do, beyond what an analyst may.
+    #[error("{0}")]
+    NeedsAdmin(String),
+}
+
+impl From<ExceptionRefused> for StateError {
+    fn from(e: ExceptionRefused) -> Self {
+        StateError::Invalid(e.to_string())
+    }
+}
+
+/// A lifetime typed in hours (`field` names the form field in the error). Empty or
+/// `0` means no expiry. Bounded, so no lifetime overflows or yields a time the
+/// product cannot show.
+pub fn lifetime_from_hours(field: &str, text: &str) -> Result<Option<i64>, ExceptionRefused> {
+    let max_hours = MAX_LIFETIME_SECS / 3600;
+    let bad = || {
+        ExceptionRefused::Invalid(format!(
+            "{field}: {text:?} is not a lifetime; give whole hours from 1 to {max_hours} \
+             (an analyst: at most {} hours, 90 days), or leave it empty for no expiry",
+            ANALYST_MAX_LIFETIME_SECS / 3600
+        ))
+    };
+    match text.trim() {
+        "" | "0" => Ok(None),
+        h => match h.parse::<i64>() {
+            Ok(n) if (1..=max_hours).contains(&n) => Ok(Some(n * 3600)),
+            _ => Err(bad()),
+        },
+    }
+}
+
+/// Checks an expiry (`None` = never) set at `now` by `who`.
+fn vet_expiry(expires_at: Option<i64>, who: Authority, now: i64) -> Result<(), ExceptionRefused> {
+    let analyst_max = ANALYST_MAX_LIFETIME_SECS / 3600;
+    match expires_at {
+        Some(t) if t <= now => Err(ExceptionRefused::Invalid(
+            "expiry: the expiry is in the past".into(),
+        )),
+        Some(t) if t - now > MAX_LIFETIME_SECS => Err(ExceptionRefused::Invalid(format!(
+            "expiry: an exception lasts at most {} hours (ten years)",
+            MAX_LIFETIME_SECS / 3600
+        ))),
+        Some(t) if who == Authority::Analyst && t - now > ANALYST_MAX_LIFETIME_SECS => {
+            Err(ExceptionRefused::NeedsAdmin(format!(
+                "expiry: an analyst's exception lasts at most {analyst_max} hours (90 days); \
+                 a longer one needs the admin role"
+            )))
+        }
+        None if who == Authority::Analyst => Err(ExceptionRefused::NeedsAdmin(format!(
+            "expiry: an exception that never expires needs the admin role; \
+             give it at most {analyst_max} hours (90 days)"
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// The networks an analyst may name: an IPv4 /24 or narrower, an IPv6 /56 or
+/// narrower (an IPv4-mapped IPv6 range counts as the IPv4 range it maps).
+fn narrow_enough(net: &IpNet) -> bool {
+    match net {
+        IpNet::V4(n) => n.prefix_len() >= ANALYST_MIN_V4_PREFIX,
+        IpNet::V6(n) if n.network().to_ipv4_mapped().is_some() && n.prefix_len() >= 96 => {
+            n.prefix_len() - 96 >= ANALYST_MIN_V4_PREFIX
+        }
+        IpNet::V6(n) => n.prefix_len() >= ANALYST_MIN_V6_PREFIX,
+    }
+}
+
+/// What an exception covers, checked against what `who` may silence.
+fn vet_scope(
+    detector: &str,
+    user: Option<&str>,
+    ip: Option<&str>,
+    who: Authority,
+) -> Result<(), ExceptionRefused> {
+    if detector.is_empty() {
+        return Err(ExceptionRefused::Invalid(
+            "detector: an exception names a detector (or * for all, admins only)".into(),
+        ));
+    }
+    if user.is_none() && ip.is_none() {
+        return Err(ExceptionRefused::Invalid(
+            "an exception needs a user, an IP or CIDR range, or both".into(),
+        ));
+    }
+    let net = ip
+        .map(|ip| parse_range(ip).map_err(|e| ExceptionRefused::Invalid(format!("ip: {e}"))))
+        .transpose()?;
+    if who == Authority::Admin {
+        return Ok(());
+    }
+    if detector == "*" {
+        return Err(ExceptionRefused::NeedsAdmin(
+            "detector: an exception for every detector (*) needs the admin role; name one detector"
+                .into(),
+        ));
+    }
+    match net {
+        Some(net) if !narrow_enough(&net) => Err(ExceptionRefused::NeedsAdmin(format!(
+            "ip: {net} is wider than an analyst may silence (an IPv4 /{ANALYST_MIN_V4_PREFIX} \
+             or an IPv6 /{ANALYST_MIN_V6_PREFIX}); a wider range needs the admin role"
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// Everything an exception must satisfy before it is stored, for `who` at `now`.
+pub fn vet_new_exception(
+    new: &NewException,
+    who: Authority,
+    now: i64,
+) -> Result<(), ExceptionRefused> {
+    let trimmed = |s: &Option<String>| {
+        s.as_deref()
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+    };
+    vet_scope(
+        new.detector.trim(),
+        trimmed(&new.user).as_deref(),
+        trimmed(&new.ip).as_deref(),
+        who,
+    )?;
+    if new.reason.trim().is_empty() {
+        return Err(ExceptionRefused::Invalid(
+            "reason: an exception needs a reason, for the next analyst".into(),
+        ));
+    }
+    vet_expiry(new.expires_at, who, now)
+}
+
+/// What a change of `current`'s reason and expiry by `who` at `now` must satisfy:
+/// an analyst may change only an exception an analyst could have made.
+pub fn vet_exception_change(
+    current: &Exception,
+    reason: &str,
+    expires_at: Option<i64>,
+    who: Authority,
+    now: i64,
+) -> Result<(), ExceptionRefused> {
+    vet_scope(
+        &current.detector,
+        current.user.as_deref(),
+        current.ip.as_deref(),
+        who,
+    )?;
+    if reason.trim().is_empty() {
+        return Err(ExceptionRefused::Invalid(
+            "reason: an exception needs a reason, for the next analyst".into(),
+        ));
+    }
+    vet_expiry(expires_at, who, now)
 }
 
 impl Exception {
@@ -150,37 +336,21 @@ const EXCEPTION_COLS: &str =
 const LOCKOUT_COLS: &str = "kind, key, until, level, reason, created_at";
 
 impl StateDb {
-    pub fn add_exception(&self, new: &NewException) -> Result<Exception, StateError> {
-        let detector = new.detector.trim();
-        if detector.is_empty() {
-            return Err(StateError::Invalid(
-                "an exception names a detector (or * for all)".into(),
-            ));
-        }
+    /// Stores an exception made by `who`, after [`vet_new_exception`].
+    pub fn add_exception(
+        &self,
+        new: &NewException,
+        who: Authority,
+    ) -> Result<Exception, StateError> {
+        let now = now_secs();
+        vet_new_exception(new, who, now)?;
         let user = new.user.as_deref().map(str::trim).filter(|u| !u.is_empty());
         let ip = new.ip.as_deref().map(str::trim).filter(|i| !i.is_empty());
-        if user.is_none() && ip.is_none() {
-            return Err(StateError::Invalid(
-                "an exception needs a user, an IP or CIDR range, or both".into(),
-            ));
-        }
-        if let Some(ip) = ip {
-            parse_range(ip)?;
-        }
-        if new.reason.trim().is_empty() {
-            return Err(StateError::Invalid(
-                "an exception needs a reason, for the next analyst".into(),
-            ));
-        }
-        let now = now_secs();
-        if new.expires_at.is_some_and(|t| t <= now) {
-            return Err(StateError::Invalid("the expiry is in the past".into()));
-        }
         let conn = self.conn();
         conn.execute(
             "INSERT INTO exceptions (detector, user, ip, reason, created_by, created_at, expires_at, revoked)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0)",
-            params![detector, user, ip, new.reason.trim(), new.created_by, now, new.expires_at],
+            params![new.detector.trim(), user, ip, new.reason.trim(), new.created_by, now, new.expires_at],
         )?;
         let id = conn.last_insert_rowid();
         Ok(conn.query_row(
@@ -188,6 +358,17 @@ impl StateDb {
             [id],
             exception_row,
         )?)
+    }
+
+    pub fn get_exception(&self, id: i64) -> Result<Option<Exception>, StateError> {
+        Ok(self
+            .conn()
+            .query_row(
+                &format!("SELECT {EXCEPTION_COLS} FROM exceptions WHERE id = ?1"),
+                [id],
+                exception_row,
+            )
+            .optional()?)
     }
 
     /// Every exception, newest first, expired and revoked ones included.
@@ -200,30 +381,50 @@ impl StateDb {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// Changes an active exception's reason and expiry (`None` = never expires).
-    /// False when there is no such exception still in force.
+    /// Changes an active exception's reason and expiry (`None` = never expires), by
+    /// `who`, after [`vet_exception_change`]. False when there is no such exception
+    /// still in force.
     pub fn update_exception(
         &self,
         id: i64,
         reason: &str,
         expires_at: Option<i64>,
+        who: Authority,
     ) -> Result<bool, StateError> {
-        if reason.trim().is_empty() {
-            return Err(StateError::Invalid(
-                "an exception needs a reason, for the next analyst".into(),
-            ));
-        }
         let now = now_secs();
-        if expires_at.is_some_and(|t| t <= now) {
-            return Err(StateError::Invalid(
-                "the expiry is in the past; expire the exception instead".into(),
-            ));
+        let Some(current) = self.get_exception(id)? else {
+            return Ok(false);
+        };
+        if !current.is_active(now) {
+            return Ok(false);
         }
+        vet_exception_change(&current, reason, expires_at, who, now)?;
         Ok(self.conn().execute(
             "UPDATE exceptions SET reason = ?2, expires_at = ?3
              WHERE id = ?1 AND revoked = 0 AND (expires_at IS NULL OR expires_at > ?4)",
             params![id, reason.trim(), expires_at, now],
         )? > 0)
+    }
+
+    /// Exceptions that have run out but whose lapse is not yet in the audit record,
+    /// oldest expiry first.
+    pub fn lapsed_unrecorded(&self, now: i64) -> Result<Vec<Exception>, StateError> {
+        let conn = self.conn();
+        let mut st = conn.prepare_cached(&format!(
+            "SELECT {EXCEPTION_COLS} FROM exceptions
+             WHERE revoked = 0 AND expires_at <= ?1 AND lapse_recorded = 0 ORDER BY expires_at, id"
+        ))?;
+        let rows = st.query_map([now], exception_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Notes that exception `id`'s lapse is in the audit record.
+    pub fn mark_lapse_recorded(&self, id: i64) -> Result<(), StateError> {
+        self.conn().execute(
+            "UPDATE exceptions SET lapse_recorded = 1 WHERE id = ?1",
+            [id],
+        )?;
+        Ok(())
     }
 
     /// Stops an exception now. False when there was no such active exception.
@@ -342,6 +543,49 @@ impl StateDb {
     }
 }
 
+/// How often the server looks for exceptions that ran out.
+const LAPSE_SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The audit event of an exception that ran out: what it covered, who made it
+/// and why, so the record shows when detection came back.
+pub fn lapse_event(e: &Exception) -> NewEvent {
+    let mut ev = NewEvent::new(kinds::EXCEPTION_EXPIRED, Outcome::Success);
+    ev.reason = Some("expired".into());
+    ev.detail = json!({
+        "exception_id": e.id, "detector": e.detector, "user": e.user, "ip": e.ip,
+        "reason": e.reason, "created_by": e.created_by, "created_at": e.created_at,
+        "expires_at": e.expires_at,
+    });
+    ev
+}
+
+/// Records one `exception.expired` event for each exception that ran out since the
+/// last pass, and only then marks it recorded (a crash in between records it again
+/// rather than never). Returns how many were recorded.
+pub fn record_lapses(state: &StateDb, audit: &AuditWriter) -> anyhow::Result<usize> {
+    let lapsed = state.lapsed_unrecorded(now_secs())?;
+    for e in &lapsed {
+        audit.record_blocking(lapse_event(e))?;
+        state.mark_lapse_recorded(e.id)?;
+    }
+    Ok(lapsed.len())
+}
+
+/// Runs [`record_lapses`] at start and every [`LAPSE_SWEEP_EVERY`] after.
+pub fn spawn_lapse_sweep(state: std::sync::Arc<StateDb>, audit: AuditWriter) {
+    let spawned = std::thread::Builder::new()
+        .name("tokenwatch-exception-lapses".into())
+        .spawn(move || loop {
+            if let Err(e) = record_lapses(&state, &audit) {
+                tracing::warn!(error = %format!("{e:#}"), "recording lapsed exceptions failed; retrying");
+            }
+            std::thread::sleep(LAPSE_SWEEP_EVERY);
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "could not start the exception lapse sweep");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -350,6 +594,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let db = StateDb::open(&dir.path().join("state.db")).unwrap();
         (dir, db)
+    }
+
+    impl StateDb {
+        fn add_exception_as_admin(&self, new: &NewException) -> Result<Exception, StateError> {
+            self.add_exception(new, Authority::Admin)
+        }
     }
 
     fn exception(detector: &str, user: Option<&str>, ip: Option<&str>) -> NewException {
@@ -366,9 +616,9 @@ mod tests {
     #[test]
     fn exceptions_match_by_detector_user_and_cidr() {
         let (_d, db) = db();
-        db.add_exception(&exception("password-spray", None, Some("203.0.113.0/24")))
+        db.add_exception_as_admin(&exception("password-spray", None, Some("203.0.113.0/24")))
             .unwrap();
-        db.add_exception(&exception("*", Some("svc-backup"), None))
+        db.add_exception_as_admin(&exception("*", Some("svc-backup"), None))
             .unwrap();
         let hit = |det, user, ip| db.exception_covering(det, user, ip).unwrap().is_some();
         assert!(hit("password-spray", None, Some("203.0.113.77")));
@@ -383,7 +633,7 @@ mod tests {
         let (_d, db) = db();
         let mut e = exception("brute-force", Some("alice"), None);
         e.expires_at = Some(now_secs() + 1);
-        let short = db.add_exception(&e).unwrap();
+        let short = db.add_exception(&e, Authority::Admin).unwrap();
         assert!(db
             .exception_covering("brute-force", Some("alice"), None)
             .unwrap()
@@ -396,7 +646,7 @@ mod tests {
         assert!(!short.is_active(now_secs()));
 
         let e = db
-            .add_exception(&exception("brute-force", Some("bob"), None))
+            .add_exception_as_admin(&exception("brute-force", Some("bob"), None))
             .unwrap();
         assert!(db.revoke_exception(e.id).unwrap());
         assert!(!db.revoke_exception(e.id).unwrap());
@@ -410,38 +660,244 @@ mod tests {
     fn an_active_exception_can_be_edited_not_an_ended_one() {
         let (_d, db) = db();
         let e = db
-            .add_exception(&exception("brute-force", Some("alice"), None))
+            .add_exception_as_admin(&exception("brute-force", Some("alice"), None))
             .unwrap();
         let later = now_secs() + 3600;
         assert!(db
-            .update_exception(e.id, "INC-7 extended", Some(later))
+            .update_exception(e.id, "INC-7 extended", Some(later), Authority::Admin)
             .unwrap());
         let now = db.list_exceptions().unwrap().remove(0);
         assert_eq!(
             (now.reason.as_str(), now.expires_at),
             ("INC-7 extended", Some(later))
         );
-        assert!(db.update_exception(e.id, " ", None).is_err());
         assert!(db
-            .update_exception(e.id, "x", Some(now_secs() - 1))
+            .update_exception(e.id, " ", None, Authority::Admin)
+            .is_err());
+        assert!(db
+            .update_exception(e.id, "x", Some(now_secs() - 1), Authority::Admin)
             .is_err());
         db.revoke_exception(e.id).unwrap();
-        assert!(!db.update_exception(e.id, "too late", None).unwrap());
+        assert!(!db
+            .update_exception(e.id, "too late", None, Authority::Admin)
+            .unwrap());
     }
 
     #[test]
     fn bad_exceptions_are_refused_with_a_reason() {
         let (_d, db) = db();
         let err = db
-            .add_exception(&exception("x", None, None))
+            .add_exception_as_admin(&exception("x", None, None))
             .unwrap_err()
             .to_string();
         assert!(err.contains("needs a user"), "{err}");
         let err = db
-            .add_exception(&exception("x", None, Some("not-an-ip")))
+            .add_exception_as_admin(&exception("x", None, Some("not-an-ip")))
             .unwrap_err()
             .to_string();
         assert!(err.contains("CIDR"), "{err}");
+    }
+
+    /// (detector, user, ip, lifetime in seconds or None) an analyst may or may not add.
+    fn analyst_case(
+        detector: &str,
+        user: Option<&str>,
+        ip: Option<&str>,
+        life: Option<i64>,
+    ) -> NewException {
+        let mut e = exception(detector, user, ip);
+        e.expires_at = life.map(|s| now_secs() + s);
+        e
+    }
+
+    #[test]
+    fn an_analyst_may_silence_one_detector_for_a_subject_or_small_network_for_90_days() {
+        let (_d, db) = db();
+        let day = 24 * 3600;
+        for (case, ok) in [
+            (
+                analyst_case("brute-force", Some("svc-backup"), None, Some(day)),
+                true,
+            ),
+            (
+                analyst_case("brute-force", None, Some("203.0.113.0/24"), Some(90 * day)),
+                true,
+            ),
+            (
+                analyst_case("brute-force", None, Some("2001:db8:0:100::/56"), Some(day)),
+                true,
+            ),
+            (
+                analyst_case("brute-force", None, Some("203.0.113.9"), Some(day)),
+                true,
+            ),
+            (
+                analyst_case(
+                    "brute-force",
+                    None,
+                    Some("::ffff:203.0.113.0/120"),
+                    Some(day),
+                ),
+                true,
+            ),
+            (
+                analyst_case("*", Some("svc-backup"), None, Some(day)),
+                false,
+            ),
+            (
+                analyst_case("brute-force", None, Some("0.0.0.0/0"), Some(day)),
+                false,
+            ),
+            (
+                analyst_case("brute-force", None, Some("::/0"), Some(day)),
+                false,
+            ),
+            (
+                analyst_case("brute-force", None, Some("203.0.112.0/23"), Some(day)),
+                false,
+            ),
+            (
+                analyst_case("brute-force", None, Some("2001:db8::/55"), Some(day)),
+                false,
+            ),
+            (
+                analyst_case("brute-force", None, Some("::ffff:0.0.0.0/96"), Some(day)),
+                false,
+            ),
+            (
+                analyst_case("brute-force", Some("svc-backup"), None, None),
+                false,
+            ),
+            (
+                analyst_case("brute-force", Some("svc-backup"), None, Some(90 * day + 1)),
+                false,
+            ),
+        ] {
+            let what = format!(
+                "{:?} {:?} {:?} {:?}",
+                case.detector, case.user, case.ip, case.expires_at
+            );
+            match vet_new_exception(&case, Authority::Analyst, now_secs()) {
+                Ok(()) => assert!(ok, "an analyst may not add {what}"),
+                Err(ExceptionRefused::NeedsAdmin(m)) => assert!(!ok, "{what}: {m}"),
+                Err(e) => panic!("{what}: {e}"),
+            }
+            assert_eq!(
+                db.add_exception(&case, Authority::Analyst).is_ok(),
+                ok,
+                "{what}"
+            );
+            // Whatever an analyst may not add, an admin may.
+            assert!(db.add_exception(&case, Authority::Admin).is_ok(), "{what}");
+        }
+    }
+
+    #[test]
+    fn an_analyst_may_not_widen_an_exception_by_editing_it() {
+        let (_d, db) = db();
+        let wide = db
+            .add_exception(
+                &analyst_case("*", None, Some("10.0.0.0/8"), None),
+                Authority::Admin,
+            )
+            .unwrap();
+        let later = Some(now_secs() + 3600);
+        assert!(db
+            .update_exception(wide.id, "x", later, Authority::Analyst)
+            .is_err());
+        assert!(db
+            .update_exception(wide.id, "x", later, Authority::Admin)
+            .unwrap());
+        let narrow = db
+            .add_exception(
+                &analyst_case("brute-force", Some("bob"), None, Some(60)),
+                Authority::Analyst,
+            )
+            .unwrap();
+        let err = db
+            .update_exception(narrow.id, "x", None, Authority::Analyst)
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("never expires needs the admin role"),
+            "{err}"
+        );
+        assert!(db
+            .update_exception(narrow.id, "x", later, Authority::Analyst)
+            .unwrap());
+    }
+
+    #[test]
+    fn a_lifetime_is_bounded_and_its_error_names_the_field() {
+        assert_eq!(lifetime_from_hours("hours", ""), Ok(None));
+        assert_eq!(lifetime_from_hours("hours", "24"), Ok(Some(24 * 3600)));
+        for bad in ["99999999999999", "-1", "1.5", "1e3", "87841", "ten"] {
+            let err = lifetime_from_hours("hours", bad).unwrap_err().to_string();
+            assert!(err.starts_with("hours: "), "{err}");
+        }
+        let huge = analyst_case(
+            "brute-force",
+            Some("bob"),
+            None,
+            Some(MAX_LIFETIME_SECS + 10),
+        );
+        let err = vet_new_exception(&huge, Authority::Admin, now_secs()).unwrap_err();
+        assert!(err.to_string().starts_with("expiry: "), "{err}");
+    }
+
+    #[test]
+    fn a_lapse_is_listed_once_until_marked_recorded() {
+        let (_d, db) = db();
+        let e = db
+            .add_exception(
+                &analyst_case("brute-force", Some("bob"), None, Some(1)),
+                Authority::Analyst,
+            )
+            .unwrap();
+        db.add_exception(
+            &analyst_case("brute-force", Some("eve"), None, Some(3600)),
+            Authority::Analyst,
+        )
+        .unwrap();
+        assert!(db.lapsed_unrecorded(now_secs()).unwrap().is_empty());
+        let lapsed = db.lapsed_unrecorded(now_secs() + 2).unwrap();
+        assert_eq!(lapsed.iter().map(|x| x.id).collect::<Vec<_>>(), vec![e.id]);
+        db.mark_lapse_recorded(e.id).unwrap();
+        assert!(db.lapsed_unrecorded(now_secs() + 2).unwrap().is_empty());
+    }
+
+    #[test]
+    fn each_lapse_is_recorded_once_in_the_audit_record() {
+        let (d, db) = db();
+        let store = audit_store::AuditStore::open(audit_store::StoreConfig::in_data_dir(
+            &d.path().join("audit"),
+        ))
+        .unwrap();
+        let e = db
+            .add_exception(
+                &analyst_case("brute-force", Some("bob"), None, Some(1)),
+                Authority::Analyst,
+            )
+            .unwrap();
+        assert_eq!(record_lapses(&db, &store.writer()).unwrap(), 0);
+        std::thread::sleep(std::time::Duration::from_millis(2100));
+        assert_eq!(record_lapses(&db, &store.writer()).unwrap(), 1);
+        assert_eq!(record_lapses(&db, &store.writer()).unwrap(), 0);
+        let f = audit_store::EventFilter {
+            kind: Some(kinds::EXCEPTION_EXPIRED.into()),
+            ..Default::default()
+        };
+        let got = store
+            .reader()
+            .unwrap()
+            .query_events(&f, None, 10)
+            .unwrap()
+            .items;
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].detail["exception_id"], e.id);
+        assert_eq!(got[0].detail["created_by"], "analyst");
+        assert_eq!(got[0].detail["user"], "bob");
+        store.shutdown().unwrap();
     }
 
     #[test]

@@ -63,6 +63,7 @@ pub fn run(mut settings: Settings, demo: bool) -> Result<()> {
     let data = open_app_state_with(&settings, true)?;
     let store = data.store.clone();
     spawn_housekeeping(data.state.clone());
+    crate::response::spawn_lapse_sweep(data.state.clone(), data.audit.clone());
     let forwarders =
         crate::forward::start(&settings.forward, &store, data.state.clone(), &data.forward)?;
 

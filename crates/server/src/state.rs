@@ -193,6 +193,10 @@ CREATE TABLE forward_cursors (
     updated_at INTEGER NOT NULL
 );
 "#,
+    // An exception's lapse is an audit event, recorded once: this marks it done.
+    r#"
+ALTER TABLE exceptions ADD COLUMN lapse_recorded INTEGER NOT NULL DEFAULT 0;
+"#,
 ];
 
 pub struct StateDb {

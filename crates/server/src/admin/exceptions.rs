@@ -1,5 +1,10 @@
 //! Analysts' exceptions (alerts a detector should not raise for a user or an
 //! IP range) and the OAuth lockouts in force, with the actions on them.
+//!
+//! What an analyst may silence is bounded (one detector, a subject or a network
+//! no wider than a /24 or /56, at most 90 days: see [`Authority`]); anything
+//! wider is the admin's. Every add, edit and early expiry is an `admin.action`
+//! event, a refused one included; a lapse is an `exception.expired` event.
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use askama::Template;
@@ -9,12 +14,17 @@ use serde_json::json;
 use super::auth::redirect;
 use super::pages::{check_csrf, PageCtx};
 use super::{
-    authorize_admin_action, html, record_action, show_time, AdminError, Console, CsrfForm,
+    admin_event, authorize_admin_action, html, record_action, show_secs, AdminError, Console,
+    CsrfForm,
 };
 use crate::app::Data;
-use crate::request_meta::truncate;
-use crate::response::NewException;
+use crate::request_meta::{truncate, RequestMeta};
+use crate::response::{
+    lifetime_from_hours, vet_exception_change, vet_new_exception, Authority, ExceptionRefused,
+    NewException,
+};
 use crate::state::now_secs;
+use audit_store::{kinds, Outcome};
 
 pub struct ExceptionRow {
     id: i64,
@@ -70,7 +80,7 @@ pub async fn list(
         web::block(move || Ok::<_, AdminError>((state.list_exceptions()?, state.list_lockouts()?)))
             .await??;
     let now = now_secs();
-    let secs = |t: i64| show_time(t.saturating_mul(1_000_000));
+    let secs = show_secs;
     let rows = exceptions
         .into_iter()
         .map(|e| ExceptionRow {
@@ -130,11 +140,43 @@ pub struct AddForm {
     #[serde(default)]
     ip: String,
     reason: String,
-    /// Lifetime in hours; empty or 0 = never expires.
+    /// Lifetime in hours; empty or 0 = never expires (admins only).
     #[serde(default)]
     hours: String,
     #[serde(default)]
     alert: String,
+}
+
+fn authority(who: &Console) -> Authority {
+    if who.is_admin() {
+        Authority::Admin
+    } else {
+        Authority::Analyst
+    }
+}
+
+/// Records a refused exception change as a failed `admin.action` naming why, and
+/// turns the refusal into the console's answer (400, or 403 for admin-only).
+async fn refuse(
+    data: &Data,
+    req: &HttpRequest,
+    who: &Console,
+    mut detail: serde_json::Value,
+    refused: ExceptionRefused,
+) -> AdminError {
+    let (reason, err) = match refused {
+        ExceptionRefused::Invalid(m) => ("invalid_input", AdminError::BadRequest(m)),
+        ExceptionRefused::NeedsAdmin(m) => ("forbidden", AdminError::NeedsAdmin(m)),
+    };
+    detail["refused"] = json!(err.to_string());
+    let meta = RequestMeta::from_request(req);
+    let ev = admin_event(&meta, kinds::ADMIN_ACTION, Outcome::Failure, who.username())
+        .with_reason(reason)
+        .with_detail(detail);
+    match data.record(ev).await {
+        Ok(_) => err,
+        Err(e) => e.into(),
+    }
 }
 
 pub async fn add(
@@ -148,11 +190,15 @@ pub async fn add(
         let s = s.trim();
         (!s.is_empty()).then(|| truncate(s, 256))
     };
-    let hours: i64 = match form.hours.trim() {
-        "" => 0,
-        h => h
-            .parse()
-            .map_err(|_| AdminError::BadRequest("hours must be a whole number".into()))?,
+    let mut detail = json!({
+        "action": "exception.add", "detector": truncate(form.detector.trim(), 128),
+        "user": opt(&form.user), "ip": opt(&form.ip), "reason": truncate(form.reason.trim(), 2000),
+        "hours": truncate(form.hours.trim(), 32), "alert": opt(&form.alert),
+    });
+    let now = now_secs();
+    let lifetime = match lifetime_from_hours("hours", &form.hours) {
+        Ok(l) => l,
+        Err(e) => return Err(refuse(&data, &req, &who, detail, e).await),
     };
     let new = NewException {
         detector: truncate(form.detector.trim(), 128),
@@ -160,21 +206,16 @@ pub async fn add(
         ip: opt(&form.ip),
         reason: truncate(form.reason.trim(), 2000),
         created_by: who.username().to_owned(),
-        expires_at: (hours > 0).then(|| now_secs() + hours.saturating_mul(3600)),
+        expires_at: lifetime.map(|secs| now + secs),
     };
-    record_action(
-        &data,
-        &req,
-        &who,
-        json!({
-            "action": "exception.add", "detector": new.detector, "user": new.user,
-            "ip": new.ip, "reason": new.reason, "expires_at": new.expires_at,
-            "alert": opt(&form.alert),
-        }),
-    )
-    .await?;
+    let by = authority(&who);
+    if let Err(e) = vet_new_exception(&new, by, now) {
+        return Err(refuse(&data, &req, &who, detail, e).await);
+    }
+    detail["expires_at"] = json!(new.expires_at);
+    record_action(&data, &req, &who, detail).await?;
     let state = data.state.clone();
-    web::block(move || state.add_exception(&new))
+    web::block(move || state.add_exception(&new, by))
         .await?
         .map_err(|e| AdminError::BadRequest(e.to_string()))?;
     Ok(redirect("/admin/exceptions"))
@@ -206,7 +247,7 @@ pub struct EditForm {
     #[serde(default)]
     csrf: String,
     reason: String,
-    /// New lifetime in hours from now; empty or 0 = never expires.
+    /// New lifetime in hours from now; empty or 0 = never expires (admins only).
     #[serde(default)]
     hours: String,
 }
@@ -220,26 +261,34 @@ pub async fn edit(
 ) -> Result<HttpResponse, AdminError> {
     check_csrf(&data, &req, &who, &form.csrf).await?;
     let id = id.into_inner();
-    let hours: i64 = match form.hours.trim() {
-        "" => 0,
-        h => h
-            .parse()
-            .map_err(|_| AdminError::BadRequest("hours must be a whole number".into()))?,
-    };
     let reason = truncate(form.reason.trim(), 2000);
-    let expires_at = (hours > 0).then(|| now_secs() + hours.saturating_mul(3600));
-    record_action(
-        &data,
-        &req,
-        &who,
-        json!({
-            "action": "exception.edit", "exception_id": id, "reason": reason,
-            "expires_at": expires_at,
-        }),
-    )
-    .await?;
+    let mut detail = json!({
+        "action": "exception.edit", "exception_id": id, "reason": reason,
+        "hours": truncate(form.hours.trim(), 32),
+    });
+    let now = now_secs();
+    let lifetime = match lifetime_from_hours("hours", &form.hours) {
+        Ok(l) => l,
+        Err(e) => return Err(refuse(&data, &req, &who, detail, e).await),
+    };
+    let expires_at = lifetime.map(|secs| now + secs);
     let state = data.state.clone();
-    let changed = web::block(move || state.update_exception(id, &reason, expires_at))
+    let current = web::block(move || state.get_exception(id))
+        .await??
+        .filter(|e| e.is_active(now))
+        .ok_or_else(|| {
+            AdminError::BadRequest(format!(
+                "exception #{id} is no longer in force; add a new one"
+            ))
+        })?;
+    let by = authority(&who);
+    if let Err(e) = vet_exception_change(&current, &reason, expires_at, by, now) {
+        return Err(refuse(&data, &req, &who, detail, e).await);
+    }
+    detail["expires_at"] = json!(expires_at);
+    record_action(&data, &req, &who, detail).await?;
+    let state = data.state.clone();
+    let changed = web::block(move || state.update_exception(id, &reason, expires_at, by))
         .await?
         .map_err(|e| AdminError::BadRequest(e.to_string()))?;
     if !changed {

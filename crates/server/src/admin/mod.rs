@@ -79,7 +79,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .route("/lockouts/lift", web::post().to(exceptions::lift))
             .route("/sources", web::get().to(sources::list))
             .route("/sources", web::post().to(sources::add))
-            .route("/sources/{name}/revoke", web::post().to(sources::revoke))
+            .route("/sources/revoke", web::post().to(sources::revoke))
+            .route(
+                "/sources/{name}/revoke",
+                web::post().to(sources::revoke_by_path),
+            )
             .route("/reports", web::get().to(reports::form))
             .route("/reports/download", web::get().to(reports::download))
             .route("/reports/manifest", web::get().to(reports::manifest))
@@ -95,6 +99,9 @@ pub enum AdminError {
     LoginRequired,
     #[error("forbidden: {0}")]
     Forbidden(&'static str),
+    /// Allowed to an admin, not to this user; the message says what an analyst may do.
+    #[error("forbidden: {0}")]
+    NeedsAdmin(String),
     #[error("missing or wrong CSRF token")]
     Csrf,
     #[error("not found")]
@@ -146,7 +153,9 @@ impl ResponseError for AdminError {
     fn status_code(&self) -> StatusCode {
         match self {
             AdminError::LoginRequired => StatusCode::SEE_OTHER,
-            AdminError::Forbidden(_) | AdminError::Csrf => StatusCode::FORBIDDEN,
+            AdminError::Forbidden(_) | AdminError::NeedsAdmin(_) | AdminError::Csrf => {
+                StatusCode::FORBIDDEN
+            }
             AdminError::NotFound => StatusCode::NOT_FOUND,
             AdminError::BadRequest(_) => StatusCode::BAD_REQUEST,
             AdminError::LockedOut(_) => StatusCode::TOO_MANY_REQUESTS,
@@ -247,10 +256,22 @@ pub async fn authorize_admin_action(
     record_action(data, req, who, serde_json::Value::Object(fields)).await
 }
 
+/// What the console shows for a stored time it cannot compute (beyond year 9999):
+/// never a made-up date.
+pub const NOT_A_TIME: &str = "not a valid time";
+
 /// UTC `YYYY-MM-DD HH:MM:SS` for display.
 pub fn show_time(us: i64) -> String {
-    let full = audit_store::rfc3339_us(us);
-    full.get(..19).map(|s| s.replace('T', " ")).unwrap_or(full)
+    match audit_store::try_rfc3339_us(us) {
+        Some(full) => full.get(..19).map(|s| s.replace('T', " ")).unwrap_or(full),
+        None => NOT_A_TIME.into(),
+    }
+}
+
+/// [`show_time`] of a time in unix seconds.
+pub fn show_secs(secs: i64) -> String {
+    secs.checked_mul(1_000_000)
+        .map_or_else(|| NOT_A_TIME.into(), show_time)
 }
 
 /// Parses a time typed into a filter: RFC 3339, or the `YYYY-MM-DDTHH:MM[:SS]`

@@ -1,5 +1,6 @@
 //! Reports: CSV downloads with the explorer's filter, streamed in constant
-//! memory with no size cap, and a manifest (filter, row count, SHA-256 of the
+//! memory with no size cap, read from the record (never the derived index), and a
+//! manifest (filter, row count, the chain range the rows came from, SHA-256 of the
 //! exact bytes sent) signed as a JWS with the server's signing key, which
 //! `tokenwatch audit verify-export FILE.csv MANIFEST` checks offline.
 
@@ -214,7 +215,7 @@ pub async fn download(
                     .map(|_| n)
             });
             match rows {
-                Ok(rows) => {
+                Ok(audit_store::Exported { rows, record }) => {
                     let sha = hex::encode(sink.sha.finish().as_ref());
                     let manifest = json!({
                         "purpose": MANIFEST_PURPOSE,
@@ -222,6 +223,8 @@ pub async fn download(
                         "report": report.name(),
                         "filter": filter_for_manifest,
                         "rows": rows,
+                        // The stretch of the hash chain the rows were read from.
+                        "record": record,
                         "bytes": sink.bytes,
                         "sha256": sha,
                         "generated_at": show_time(super::now_us()),

@@ -9,7 +9,7 @@ use serde_json::json;
 
 use super::auth::redirect;
 use super::pages::PageCtx;
-use super::{authorize_admin_action, html, show_time, AdminError, Console, CsrfForm};
+use super::{authorize_admin_action, html, show_secs, AdminError, Console, CsrfForm};
 use crate::app::Data;
 
 pub struct SourceRow {
@@ -35,14 +35,13 @@ async fn page(
 ) -> Result<HttpResponse, AdminError> {
     let state = data.state.clone();
     let sources = web::block(move || state.list_sources()).await??;
-    let secs = |t: i64| show_time(t.saturating_mul(1_000_000));
     let rows = sources
         .into_iter()
         .map(|s| SourceRow {
             name: s.name,
             key_hint: s.key_hint,
-            created_at: secs(s.created_at),
-            revoked_at: s.revoked_at.map(secs),
+            created_at: show_secs(s.created_at),
+            revoked_at: s.revoked_at.map(show_secs),
         })
         .collect();
     let page = SourcesPage {
@@ -88,19 +87,50 @@ pub async fn add(
     page(&data, &who, Some((name, key))).await
 }
 
+#[derive(Deserialize)]
+pub struct RevokeForm {
+    #[serde(default)]
+    csrf: String,
+    name: String,
+}
+
+/// The console's Revoke button: the name travels in the form body, not the path,
+/// so every name the validator accepts (`.` and `..` included, which a browser
+/// would fold out of a path) reaches the server as typed.
 pub async fn revoke(
+    req: HttpRequest,
+    data: Data,
+    who: Console,
+    form: web::Form<RevokeForm>,
+) -> Result<HttpResponse, AdminError> {
+    let form = form.into_inner();
+    revoke_named(&req, &data, &who, &form.csrf, form.name).await
+}
+
+/// `POST /admin/sources/{name}/revoke`, kept for scripts that name the source in
+/// the path.
+pub async fn revoke_by_path(
     req: HttpRequest,
     data: Data,
     who: Console,
     name: web::Path<String>,
     form: web::Form<CsrfForm>,
 ) -> Result<HttpResponse, AdminError> {
-    let name = name.into_inner();
+    revoke_named(&req, &data, &who, &form.csrf, name.into_inner()).await
+}
+
+async fn revoke_named(
+    req: &HttpRequest,
+    data: &Data,
+    who: &Console,
+    csrf: &str,
+    name: String,
+) -> Result<HttpResponse, AdminError> {
     authorize_admin_action(
-        &data,
-        &req,
-        &who,
-        &form.csrf,
+        data,
+        req,
+        who,
+        csrf,
         "source.revoke",
         &[("source", json!(name))],
     )
