@@ -111,10 +111,12 @@ impl Signer {
                     .ok()?;
                 Some(sig)
             }
-            Signer::Ecdsa(kp) => kp
-                .sign(&SystemRandom::new(), msg)
-                .ok()
-                .map(|s| s.as_ref().to_vec()),
+            Signer::Ecdsa(kp) => {
+                let mut sig = kp.sign(&SystemRandom::new(), msg).ok()?.as_ref().to_vec();
+                // aws-lc emits either S; the verifier accepts only the low one.
+                crate::low_s::normalize(&mut sig);
+                Some(sig)
+            }
             Signer::Ed25519(kp) => Some(kp.sign(msg).as_ref().to_vec()),
         }
     }

@@ -39,6 +39,7 @@ mod alg;
 mod claims;
 mod jws;
 mod keys;
+mod low_s;
 mod reason;
 mod sanitize;
 mod secret;

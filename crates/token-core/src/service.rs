@@ -9,7 +9,7 @@ use jsonwebtoken::Validation;
 use serde_json::{json, Map, Value};
 
 use crate::alg::Alg;
-use crate::claims::{AccessRequest, Claims, RESERVED_CLAIMS};
+use crate::claims::{present_date_claim_error, AccessRequest, Claims, RESERVED_CLAIMS};
 use crate::jws::{self, Seen};
 use crate::keys::{generate_entry, KeyError, KeyInfo, KeyRing};
 use crate::reason::{Reason, Rejection};
@@ -195,6 +195,9 @@ impl Refusal<'_> {
 }
 
 const MAX_LOGGED_JTI: usize = 128;
+/// Refusal message for the second spelling of an ES256 signature.
+const HIGH_S: &str =
+    "ES256 signature is not in low-S form (s > n/2); only the low-S form is accepted";
 const MAX_LOGGED_SUBJECT: usize = 256;
 
 /// `jti` and `sub` of a signature-verified payload, made safe to log.
@@ -512,6 +515,9 @@ impl TokenService {
                     format!("header alg differs from the key's algorithm {}", key.alg()),
                 ));
             }
+            if parsed.is_high_s_es256() {
+                return Err(refusal.no(Reason::BadSignature, HIGH_S));
+            }
             jsonwebtoken::decode::<Map<String, Value>>(
                 token,
                 key.decoding_key(),
@@ -521,10 +527,17 @@ impl TokenService {
         let payload = match decoded {
             Ok(data) => data.claims,
             Err(e) => {
-                let (reason, msg, signed) = map_jwt_error(e.kind());
+                let (mut reason, mut msg, signed) = map_jwt_error(e.kind());
                 if signed {
                     if let Some(p) = self.payload_of(token) {
                         (refusal.jti, refusal.subject) = ids_of(&p);
+                        // jsonwebtoken reports `exp: -1` or `exp: 1e300` as missing;
+                        // it is there, just not a date.
+                        if let ErrorKind::MissingRequiredClaim(claim) = e.kind() {
+                            if let Some(err) = present_date_claim_error(&p, claim) {
+                                (reason, msg) = err;
+                            }
+                        }
                     }
                 }
                 return Err(refusal.no(reason, msg));
@@ -667,6 +680,9 @@ impl TokenService {
                 Reason::AlgNotAllowed,
                 "header alg differs from the key's algorithm",
             ));
+        }
+        if parsed.is_high_s_es256() {
+            return Err(no(&seen, Reason::BadSignature, HIGH_S));
         }
         match jsonwebtoken::crypto::verify(
             parsed.signature,

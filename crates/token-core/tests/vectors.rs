@@ -86,13 +86,23 @@ fn rfc7515_a3_es256_signature_verifies() {
         )
         .expect("import");
     });
+    // The published signature is the high-S one of the pair (r, s) / (r, n − s):
+    // tokenwatch accepts only low S, so the vector itself is refused and its
+    // low-S twin, the same signature mathematically, verifies.
+    assert_eq!(
+        svc.verify_signature_only(A3_TOKEN, "rfc7515-a3")
+            .expect_err("high S")
+            .reason,
+        Reason::BadSignature
+    );
+    let a3_low_s = with_es256_twin(A3_TOKEN);
     let payload = svc
-        .verify_signature_only(A3_TOKEN, "rfc7515-a3")
+        .verify_signature_only(&a3_low_s, "rfc7515-a3")
         .expect("signature");
     assert_eq!(payload, A1_PAYLOAD);
-    let mut sig = b64d(A3_TOKEN.rsplit('.').next().expect("sig"));
+    let mut sig = b64d(a3_low_s.rsplit('.').next().expect("sig"));
     sig[10] ^= 1;
-    let (input, _) = A3_TOKEN.rsplit_once('.').expect("dot");
+    let (input, _) = a3_low_s.rsplit_once('.').expect("dot");
     let forged = format!("{input}.{}", b64(&sig));
     assert_eq!(
         svc.verify_signature_only(&forged, "rfc7515-a3")
@@ -108,7 +118,7 @@ fn rfc7515_a3_es256_signature_verifies() {
         .expect("own key")
         .kid;
     assert_eq!(
-        svc.verify_signature_only(A3_TOKEN, &ours)
+        svc.verify_signature_only(&a3_low_s, &ours)
             .expect_err("other key")
             .reason,
         Reason::BadSignature
