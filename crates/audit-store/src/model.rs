@@ -71,6 +71,10 @@ pub mod kinds {
     /// One request to the ingest API (`POST /api/v1/events`), with its counts;
     /// the events it carried are recorded each under their own kind.
     pub const INGEST_BATCH: &str = "ingest.batch";
+    /// A just-exchanged refresh token presented again within the configured grace
+    /// (`refresh_reuse_grace_secs`): answered with the same new refresh token, not
+    /// taken for theft. Outside the grace the same repeat is `refresh.reuse_detected`.
+    pub const TOKEN_REFRESH_GRACE: &str = "token.refresh_grace";
 
     /// Every kind above, in documentation order.
     pub const ALL: &[&str] = &[
@@ -93,6 +97,7 @@ pub mod kinds {
         LOCKOUT_APPLIED,
         LOCKOUT_LIFTED,
         INGEST_BATCH,
+        TOKEN_REFRESH_GRACE,
     ];
 }
 

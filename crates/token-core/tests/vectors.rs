@@ -25,13 +25,18 @@ fn b64d(s: &str) -> Vec<u8> {
         .expect("b64")
 }
 
+/// The vectors' issuer, bound to the imported keys (it is not our own issuer).
+fn joe() -> IssuerBinding {
+    IssuerBinding::new("joe", Some("any".into())).expect("binding")
+}
+
 fn service_with(import: impl FnOnce(&mut KeyRing)) -> (TokenService, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut keys = KeyRing::load_or_create(&dir.path().join("k"), Alg::ES256).expect("keys");
     import(&mut keys);
     let svc = TokenService::new(
         keys,
-        TokenConfig::new("joe", "any"),
+        TokenConfig::new("tokenwatch", "any"),
         std::sync::Arc::new(MemoryRevocations::new()),
         std::sync::Arc::new(MemoryRefreshStore::new()),
     );
@@ -41,7 +46,7 @@ fn service_with(import: impl FnOnce(&mut KeyRing)) -> (TokenService, tempfile::T
 #[test]
 fn rfc7515_a1_hs256_signature_verifies_then_full_checks_refuse_it() {
     let (svc, _dir) = service_with(|k| {
-        k.import_hmac("rfc7515-a1", Alg::HS256, &b64d(A1_KEY))
+        k.import_hmac("rfc7515-a1", Alg::HS256, &b64d(A1_KEY), &joe())
             .expect("import");
     });
     let payload = svc
@@ -83,6 +88,7 @@ fn rfc7515_a3_es256_signature_verifies() {
     let (svc, _dir) = service_with(|k| {
         k.import_jwk(
             &json!({"kty": "EC", "crv": "P-256", "x": A3_X, "y": A3_Y, "kid": "rfc7515-a3"}),
+            &joe(),
         )
         .expect("import");
     });
@@ -128,7 +134,7 @@ fn rfc7515_a3_es256_signature_verifies() {
 #[test]
 fn rfc7520_4_4_signature_verifies_but_text_payload_is_malformed() {
     let (svc, _dir) = service_with(|k| {
-        k.import_hmac(R7520_KID, Alg::HS256, &b64d(R7520_KEY))
+        k.import_hmac(R7520_KID, Alg::HS256, &b64d(R7520_KEY), &joe())
             .expect("import");
     });
     let payload = svc

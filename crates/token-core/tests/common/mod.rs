@@ -14,6 +14,9 @@ use token_core::*;
 pub const ISS: &str = "https://auth.tokenwatch.test";
 pub const AUD: &str = "tokenwatch-api";
 pub const SHARED_KID: &str = "shared-hs256";
+/// The other issuer the shared secret is bound to: an imported key never verifies
+/// tokens that claim tokenwatch's own issuer (`ISS`).
+pub const SHARED_ISS: &str = "https://partner.tokenwatch.test";
 pub const SHARED_SECRET: &[u8] =
     b"test-only shared secret, 64 bytes long, for HS256 token crafting";
 
@@ -38,7 +41,7 @@ pub fn fixture() -> Fixture {
     let rsa_kid = keys.active_kid().to_owned();
     let es_kid = keys.rotate(Alg::ES256).expect("es256").kid;
     let ed_kid = keys.rotate(Alg::EdDSA).expect("eddsa").kid;
-    keys.import_hmac(SHARED_KID, Alg::HS256, SHARED_SECRET)
+    keys.import_hmac(SHARED_KID, Alg::HS256, SHARED_SECRET, &shared_binding())
         .expect("import");
     let revocations = Arc::new(MemoryRevocations::new());
     let refresh = Arc::new(MemoryRefreshStore::new());
@@ -52,6 +55,11 @@ pub fn fixture() -> Fixture {
         revocations,
         refresh,
     }
+}
+
+/// The shared key's binding: the partner issuer, our audience.
+pub fn shared_binding() -> IssuerBinding {
+    IssuerBinding::new(SHARED_ISS, None).expect("binding")
 }
 
 pub fn b64(bytes: &[u8]) -> String {
@@ -79,9 +87,9 @@ pub fn shared_header() -> Value {
     json!({"alg": "HS256", "typ": "JWT", "kid": SHARED_KID})
 }
 
-/// Claims that pass every check at `now`.
+/// Claims that pass every check at `now` when signed with the shared secret.
 pub fn good_claims(now: i64) -> Value {
-    json!({"iss": ISS, "aud": AUD, "sub": "alice", "exp": now + 600, "iat": now, "jti": "jti-1"})
+    json!({"iss": SHARED_ISS, "aud": AUD, "sub": "alice", "exp": now + 600, "iat": now, "jti": "jti-1"})
 }
 
 pub fn with(mut v: Value, key: &str, value: Value) -> Value {
