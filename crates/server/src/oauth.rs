@@ -139,6 +139,18 @@ struct PresentedClient {
 }
 
 fn presented_client(req: &HttpRequest, form: &Form) -> Result<Option<PresentedClient>, OAuthError> {
+    // As at the bearer middleware: with two Authorization headers, which one
+    // authenticates would be a guess.
+    if req
+        .headers()
+        .get_all(header::AUTHORIZATION)
+        .nth(1)
+        .is_some()
+    {
+        return Err(OAuthError::InvalidRequest(
+            "send exactly one Authorization header".into(),
+        ));
+    }
     let basic = req
         .headers()
         .get(header::AUTHORIZATION)

@@ -269,6 +269,17 @@ async fn revocation_requires_the_client_that_holds_the_token() {
             Some(token_core::fingerprint(&access))
         )
     );
+    // Two Authorization headers: which one authenticates would be a guess.
+    let req = test::TestRequest::post()
+        .uri("/oauth/revoke")
+        .append_header((header::AUTHORIZATION, basic("web", &web_secret)))
+        .append_header((header::AUTHORIZATION, basic("other", &other_secret)))
+        .set_form([("token", access.as_str())])
+        .to_request();
+    let resp = test::call_service(&app, req).await;
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    let body: Value = test::read_body_json(resp).await;
+    assert_eq!(body["error"], "invalid_request");
     // A wrong secret: 401 as well.
     let status = revoke(
         &app,
