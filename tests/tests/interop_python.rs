@@ -52,8 +52,9 @@ const SIGN_HS256: &str = r#"
 import sys, time, uuid, jwt
 secret, kid = sys.argv[1], sys.argv[2]
 now = int(time.time())
-print(jwt.encode({"iss": "tokenwatch", "aud": "tokenwatch-api", "sub": "py-service", "username": "py-service",
-                  "iat": now, "nbf": now, "exp": now + 300, "jti": str(uuid.uuid4())},
+iss = sys.argv[3] if len(sys.argv) > 3 else "py-service"
+print(jwt.encode({"iss": iss, "aud": "tokenwatch-api", "sub": "py-service", "username": "py-service",
+                  "roles": ["admin"], "iat": now, "nbf": now, "exp": now + 300, "jti": str(uuid.uuid4())},
                  secret, algorithm="HS256", headers={"kid": kid}))
 "#;
 
@@ -74,6 +75,8 @@ fn pyjwt_verifies_our_tokens_and_we_verify_pyjwt_hs256() {
             "pyjwt-shared",
             "--alg",
             "HS256",
+            "--issuer",
+            "py-service",
             "--secret-stdin",
         ],
         shared,
@@ -116,7 +119,27 @@ fn pyjwt_verifies_our_tokens_and_we_verify_pyjwt_hs256() {
         200,
         "a PyJWT HS256 token with the shared secret verifies"
     );
-    assert_eq!(resp.json::<Value>().unwrap()["sub"], "py-service");
+    let me: Value = resp.json().unwrap();
+    assert_eq!(me["sub"], "py-service");
+    assert_eq!(
+        me["roles"],
+        serde_json::json!([]),
+        "a shared secret grants no tokenwatch roles"
+    );
+
+    // The shared secret cannot vouch for tokenwatch's own issuer.
+    let (ok, stdout, stderr) = python(SIGN_HS256, &[shared, "pyjwt-shared", "tokenwatch"]);
+    assert!(ok, "{stderr}");
+    let resp = http()
+        .get(s.url("/api/v1/me"))
+        .bearer_auth(stdout.trim())
+        .send()
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+    assert!(resp.headers()["www-authenticate"]
+        .to_str()
+        .unwrap()
+        .contains("issuer_mismatch"));
 
     // The same token signed with another secret is refused.
     let (_, stdout, _) = python(

@@ -330,7 +330,19 @@ fn introspection_revocation_and_client_credentials() {
     let job_secret = secret_from(&out.stdout);
 
     let s = Server::start(&dir);
-    let login: Value = password_login(&s, "carol", PASSWORD).json().unwrap();
+    // Through the confidential client, so the token is that client's to revoke.
+    let login: Value = http()
+        .post(s.url("/oauth/token"))
+        .basic_auth("batch-job", Some(&job_secret))
+        .form(&[
+            ("grant_type", "password"),
+            ("username", "carol"),
+            ("password", PASSWORD),
+        ])
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
     let access = login["access_token"].as_str().unwrap().to_string();
 
     let introspect = |token: &str, auth: Option<(&str, &str)>| {
@@ -365,16 +377,21 @@ fn introspection_revocation_and_client_credentials() {
         "an inactive token is exactly {{\"active\": false}}"
     );
 
-    // RFC 7009 revocation: 200, and the token stops working everywhere.
-    let resp = http()
-        .post(s.url("/oauth/revoke"))
-        .form(&[
+    // RFC 7009 revocation: the client authenticates (401 without), then 200, and
+    // the token stops working everywhere.
+    let revoke = |auth: Option<(&str, &str)>| {
+        let mut req = http().post(s.url("/oauth/revoke")).form(&[
             ("token", access.as_str()),
             ("token_type_hint", "access_token"),
-        ])
-        .send()
-        .unwrap();
-    assert_eq!(resp.status(), 200);
+        ]);
+        if let Some((id, secret)) = auth {
+            req = req.basic_auth(id, Some(secret));
+        }
+        req.send().unwrap()
+    };
+    assert_eq!(revoke(None).status(), 401);
+    assert_eq!(me(&s, &access).status(), 200);
+    assert_eq!(revoke(Some(("batch-job", &job_secret))).status(), 200);
     assert_eq!(me(&s, &access).status(), 401);
     let after: Value = introspect(&access, Some(("orders-api", &rs_secret)))
         .json()

@@ -83,6 +83,10 @@ pub mod kinds {
     /// Retention deleted the oldest events; `detail` has the id range, how many, the
     /// event times they spanned and the cutoff. Recorded only by the store itself.
     pub const AUDIT_PRUNED: &str = "audit.pruned";
+    /// A just-exchanged refresh token presented again within the configured grace
+    /// (`refresh_reuse_grace_secs`): answered with the same new refresh token, not
+    /// taken for theft. Outside the grace the same repeat is `refresh.reuse_detected`.
+    pub const TOKEN_REFRESH_GRACE: &str = "token.refresh_grace";
 
     /// Every kind above, in documentation order.
     pub const ALL: &[&str] = &[
@@ -109,6 +113,7 @@ pub mod kinds {
         AUDIT_LOSS_ACCEPTED,
         AUDIT_INTEGRITY_FAILED,
         AUDIT_PRUNED,
+        TOKEN_REFRESH_GRACE,
     ];
 }
 

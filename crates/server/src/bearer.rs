@@ -21,9 +21,18 @@ use actix_web::http::header;
 use actix_web::{HttpMessage, HttpResponse};
 use audit_store::{kinds, AuditWriter, NewEvent, Outcome};
 use serde_json::json;
-use token_core::{Rejection, TokenService, VerifiedToken};
+use token_core::{KeyOrigin, Rejection, TokenService, VerifiedToken};
 
 use crate::request_meta::RequestMeta;
+
+/// Why a protected request was refused.
+enum Denied {
+    /// No bearer token: a challenge without an error (RFC 6750 §3.1).
+    NoToken,
+    /// Two or more Authorization headers: `invalid_request`, 400.
+    Duplicate,
+    Invalid(Box<Rejection>),
+}
 
 /// The verified caller of a protected route.
 #[derive(Clone)]
@@ -83,13 +92,20 @@ pub struct BearerAuthService<S> {
 /// What the Authorization header held.
 enum Presented<'a> {
     Missing,
+    /// More than one Authorization header: which one counts is ambiguous, so none does.
+    Duplicate,
     Token(&'a str),
 }
 
+/// The audit reason of a request with two or more Authorization headers.
+pub const DUPLICATE_AUTHORIZATION: &str = "duplicate_authorization";
+
 fn presented_token(req: &ServiceRequest) -> Presented<'_> {
     let mut values = req.headers().get_all(header::AUTHORIZATION);
-    let (Some(value), None) = (values.next(), values.next()) else {
-        return Presented::Missing;
+    let value = match (values.next(), values.next()) {
+        (None, _) => return Presented::Missing,
+        (Some(_), Some(_)) => return Presented::Duplicate,
+        (Some(value), None) => value,
     };
     // UTF-8 rather than `HeaderValue::to_str`'s visible-ASCII check, which walks the
     // token byte by byte: the verifier's strict base64url parse refuses anything else.
@@ -100,6 +116,37 @@ fn presented_token(req: &ServiceRequest) -> Presented<'_> {
         Some(token) if !token.is_empty() => Presented::Token(token),
         _ => Presented::Missing,
     }
+}
+
+const DUPLICATE_MESSAGE: &str = "send exactly one Authorization header";
+
+/// The RFC 6750 §3 answer: 401 with a challenge, or 400 `invalid_request` for a
+/// request that is malformed as a request (two Authorization headers).
+fn refusal_response(denied: &Denied, realm: &str) -> HttpResponse {
+    let (mut resp, challenge, body) = match denied {
+        Denied::NoToken => (
+            HttpResponse::Unauthorized(),
+            format!("Bearer realm=\"{realm}\""),
+            json!({ "error": "unauthorized", "error_description": "a bearer token is required" }),
+        ),
+        Denied::Duplicate => (
+            HttpResponse::BadRequest(),
+            format!(
+                "Bearer realm=\"{realm}\", error=\"invalid_request\", error_description=\"{DUPLICATE_AUTHORIZATION}\""
+            ),
+            json!({ "error": "invalid_request", "error_description": DUPLICATE_MESSAGE }),
+        ),
+        Denied::Invalid(r) => (
+            HttpResponse::Unauthorized(),
+            format!(
+                "Bearer realm=\"{realm}\", error=\"invalid_token\", error_description=\"{}\"",
+                r.reason.as_str()
+            ),
+            json!({ "error": "invalid_token", "error_description": r.reason.as_str() }),
+        ),
+    };
+    resp.insert_header((header::WWW_AUTHENTICATE, challenge))
+        .json(body)
 }
 
 pub fn rejection_event(meta: &RequestMeta, kind: &str, r: &Rejection) -> NewEvent {
@@ -130,8 +177,13 @@ where
     fn call(&self, req: ServiceRequest) -> Self::Future {
         let meta = RequestMeta::from_service_request(&req);
         let decision = match presented_token(&req) {
-            Presented::Missing => Err(None),
-            Presented::Token(t) => self.config.tokens.verify(t).map_err(Some),
+            Presented::Missing => Err(Denied::NoToken),
+            Presented::Duplicate => Err(Denied::Duplicate),
+            Presented::Token(t) => self
+                .config
+                .tokens
+                .verify(t)
+                .map_err(|r| Denied::Invalid(Box::new(r))),
         };
         let event = match &decision {
             Ok(v) => {
@@ -142,9 +194,18 @@ where
                 ev.kid = Some(v.kid.clone());
                 ev.alg = Some(v.alg.as_str().to_string());
                 ev.token_fp = Some(v.fingerprint.clone());
+                if v.origin == KeyOrigin::Imported {
+                    ev.detail = json!({ "key": v.origin.as_str(), "iss": v.claims.iss });
+                }
                 ev
             }
-            Err(Some(rejection)) => {
+            Err(Denied::Duplicate) => {
+                let mut ev = meta.into_event(kinds::ACCESS_DENIED, Outcome::Failure);
+                ev.reason = Some(DUPLICATE_AUTHORIZATION.into());
+                ev.detail = json!({ "message": DUPLICATE_MESSAGE });
+                ev
+            }
+            Err(Denied::Invalid(rejection)) => {
                 let mut ev = with_rejection(
                     meta.into_event(kinds::ACCESS_DENIED, Outcome::Failure),
                     rejection,
@@ -152,7 +213,7 @@ where
                 ev.detail = json!({ "message": rejection.message });
                 ev
             }
-            Err(None) => {
+            Err(Denied::NoToken) => {
                 let mut ev = meta.into_event(kinds::ACCESS_DENIED, Outcome::Failure);
                 ev.reason = Some("missing_token".into());
                 ev
@@ -165,7 +226,7 @@ where
         // of the event (224 bytes instead of 1 216). From 1 KiB up, each allocation of
         // it made glibc's malloc consolidate its free lists, once per request.
         let recorded = self.config.audit.submit(event);
-        let decision = decision.map(Arc::new).map_err(|r| r.map(Box::new));
+        let decision = decision.map(Arc::new);
         let inner = self.inner.clone();
         let realm = self.config.realm;
         let fut = async move {
@@ -187,25 +248,8 @@ where
                         .await
                         .map(ServiceResponse::map_into_left_body)
                 }
-                Err(rejection) => {
-                    let challenge = match &rejection {
-                        None => format!("Bearer realm=\"{realm}\""),
-                        Some(r) => format!(
-                            "Bearer realm=\"{realm}\", error=\"invalid_token\", error_description=\"{}\"",
-                            r.reason.as_str()
-                        ),
-                    };
-                    let body = match &rejection {
-                        None => {
-                            json!({ "error": "unauthorized", "error_description": "a bearer token is required" })
-                        }
-                        Some(r) => {
-                            json!({ "error": "invalid_token", "error_description": r.reason.as_str() })
-                        }
-                    };
-                    let resp = HttpResponse::Unauthorized()
-                        .insert_header((header::WWW_AUTHENTICATE, challenge))
-                        .json(body);
+                Err(denied) => {
+                    let resp = refusal_response(&denied, realm);
                     Ok(req.into_response(resp).map_into_right_body())
                 }
             }

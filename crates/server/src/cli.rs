@@ -257,11 +257,18 @@ pub enum KeysCmd {
         alg: Option<String>,
     },
     /// Add a verification-only shared HMAC secret (read from stdin) for tokens made elsewhere, e.g. by PyJWT.
+    /// It verifies only tokens whose `iss` is --issuer (never tokenwatch's own issuer), and grants no roles.
     ImportHmac {
         #[arg(long)]
         kid: String,
         #[arg(long, default_value = "HS256")]
         alg: String,
+        /// The issuer (`iss`) of the tokens this secret signs; tokens claiming any other issuer are refused.
+        #[arg(long)]
+        issuer: String,
+        /// The audience (`aud`) those tokens must contain (default: tokenwatch's own audience).
+        #[arg(long)]
+        audience: Option<String>,
         #[arg(long, required = true)]
         secret_stdin: bool,
     },

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use anyhow::{anyhow, bail, Context, Result};
 use audit_store::{kinds, AuditStore, NewEvent, Outcome};
 use serde_json::json;
-use token_core::{AccessRequest, Alg, KeyRing, TokenService};
+use token_core::{AccessRequest, Alg, IssuerBinding, KeyRing, TokenService};
 
 use crate::cli::{
     self, AuditCmd, ClientKindArg, ClientsCmd, ExceptionsCmd, ExportArgs, ExportWhat, KeysCmd,
@@ -118,6 +118,19 @@ pub fn clients(settings: &Settings, cmd: ClientsCmd) -> Result<()> {
 pub fn token_service(settings: &Settings, state: Arc<StateDb>) -> Result<TokenService> {
     let keys = KeyRing::load_or_create(&settings.jwt_key_dir(), settings.signing_alg)
         .context("loading the signing keys")?;
+    for k in keys
+        .keys()
+        .iter()
+        .filter(|k| k.verify_only && k.binding.is_none())
+    {
+        tracing::warn!(
+            kid = %k.kid,
+            "imported key {} is bound to no issuer and verifies nothing; import it again \
+             with `tokenwatch keys import-hmac --kid {} --issuer <its issuer> --secret-stdin`",
+            k.kid,
+            k.kid
+        );
+    }
     Ok(TokenService::new(
         keys,
         settings.token_config(),
@@ -188,14 +201,15 @@ pub fn keys(settings: &Settings, cmd: KeysCmd) -> Result<()> {
             let keys = KeyRing::load_or_create(&settings.jwt_key_dir(), settings.signing_alg)?;
             for k in keys.keys() {
                 cli::print_line(&format!(
-                    "{}\t{}\t{}\tcreated {}{}",
+                    "{}\t{}\t{}\tcreated {}{}{}",
                     k.kid,
                     k.alg.as_str(),
                     if k.active { "active" } else { "verify-only" },
                     k.created_at,
                     k.retired_at
                         .map(|r| format!(", retired {r}"))
-                        .unwrap_or_default()
+                        .unwrap_or_default(),
+                    binding_text(&k)
                 ))?;
             }
             Ok(())
@@ -220,29 +234,53 @@ pub fn keys(settings: &Settings, cmd: KeysCmd) -> Result<()> {
                 info.alg.as_str()
             ))
         }
-        KeysCmd::ImportHmac { kid, alg, .. } => {
+        KeysCmd::ImportHmac {
+            kid,
+            alg,
+            issuer,
+            audience,
+            ..
+        } => {
             let alg: Alg = alg
                 .parse()
                 .map_err(|_| anyhow!("unknown algorithm {alg:?}"))?;
             if !matches!(alg, Alg::HS256 | Alg::HS384 | Alg::HS512) {
                 bail!("import-hmac takes HS256, HS384 or HS512");
             }
+            let binding = IssuerBinding::new(issuer, audience)?;
             let secret = cli::read_secret_stdin("secret")?;
             let session = AdminSession::open(settings)?;
-            let mut keys = KeyRing::load_or_create(&settings.jwt_key_dir(), settings.signing_alg)?;
-            let info = keys.import_hmac(&kid, alg, secret.as_bytes())?;
+            let state = Arc::new(StateDb::open(&settings.state_db_path())?);
+            let tokens = token_service(settings, state)?;
+            let info = tokens.import_hmac(&kid, alg, secret.as_bytes(), &binding)?;
             session.record(
                 "keys import-hmac",
                 Outcome::Success,
-                json!({ "kid": info.kid, "alg": info.alg.as_str() }),
+                json!({ "kid": info.kid, "alg": info.alg.as_str(), "issuer": binding.issuer(), "audience": binding.audience() }),
             )?;
             session.close()?;
             cli::print_line(&format!(
-                "imported verification key {} ({})",
+                "imported verification key {} ({}) for tokens of{}",
                 info.kid,
-                info.alg.as_str()
+                info.alg.as_str(),
+                binding_text(&info)
             ))
         }
+    }
+}
+
+/// ` issuer "…"[, audience "…"]` of an imported key, or a warning when it has none.
+fn binding_text(k: &token_core::KeyInfo) -> String {
+    match (&k.binding, k.verify_only) {
+        (Some(b), _) => format!(
+            " issuer {:?}{}",
+            b.issuer(),
+            b.audience()
+                .map(|a| format!(", audience {a:?}"))
+                .unwrap_or_default()
+        ),
+        (None, true) => " UNBOUND: verifies nothing until imported again with --issuer".into(),
+        (None, false) => String::new(),
     }
 }
 

@@ -35,6 +35,10 @@ pub struct FileConfig {
     pub signing_alg: Option<String>,
     pub access_ttl_secs: Option<u64>,
     pub refresh_ttl_secs: Option<u64>,
+    /// Seconds after a refresh-token exchange within which the same token may be
+    /// presented again (two tabs, a retry) and gets the same new refresh token
+    /// instead of revoking the family. 0 (default) is off; at most 60.
+    pub refresh_reuse_grace_secs: Option<u64>,
     pub leeway_secs: Option<u64>,
     pub max_token_bytes: Option<usize>,
     pub log_level: Option<String>,
@@ -149,6 +153,24 @@ impl FileConfig {
     }
 }
 
+/// The longest refresh-reuse grace: long enough for a retry or a second tab, short
+/// enough that a stolen token replayed later still revokes the family.
+pub const MAX_REFRESH_REUSE_GRACE_SECS: u64 = 60;
+
+fn refresh_reuse_grace(secs: Option<u64>) -> Result<Duration, ConfigError> {
+    match secs.unwrap_or(0) {
+        s if s <= MAX_REFRESH_REUSE_GRACE_SECS => Ok(Duration::from_secs(s)),
+        s => Err(ConfigError::Invalid {
+            key: "refresh_reuse_grace_secs",
+            message: format!(
+                "{s} s is too long: at most {MAX_REFRESH_REUSE_GRACE_SECS} s \
+                 (a longer window would let a replayed stolen refresh token pass as a retry); \
+                 use 0 to turn the grace off"
+            ),
+        }),
+    }
+}
+
 /// The resolved settings the server runs with.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -160,6 +182,7 @@ pub struct Settings {
     pub signing_alg: token_core::Alg,
     pub access_ttl: Duration,
     pub refresh_ttl: Duration,
+    pub refresh_reuse_grace: Duration,
     pub leeway: Duration,
     pub max_token_bytes: usize,
     pub log_level: String,
@@ -304,6 +327,7 @@ impl Settings {
             }
             s => Duration::from_secs(s.unwrap_or(300)),
         };
+        let refresh_reuse_grace = refresh_reuse_grace(file.refresh_reuse_grace_secs)?;
         let ingest = file.ingest.resolve();
         let forward = crate::forward::resolve(&file.forward)?;
         Ok(Settings {
@@ -318,6 +342,7 @@ impl Settings {
             signing_alg,
             access_ttl: Duration::from_secs(file.access_ttl_secs.unwrap_or(15 * 60)),
             refresh_ttl: Duration::from_secs(file.refresh_ttl_secs.unwrap_or(30 * 24 * 3600)),
+            refresh_reuse_grace,
             leeway: Duration::from_secs(file.leeway_secs.unwrap_or(5)),
             max_token_bytes: file.max_token_bytes.unwrap_or(8 * 1024),
             log_level: file.log_level.unwrap_or_else(|| "info".into()),
@@ -344,6 +369,7 @@ impl Settings {
             refresh_ttl: self.refresh_ttl,
             leeway: self.leeway,
             max_token_bytes: self.max_token_bytes,
+            refresh_reuse_grace: self.refresh_reuse_grace,
         }
     }
 
@@ -402,5 +428,24 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("\"never\""), "{err}");
+    }
+
+    fn grace(secs: Option<u64>) -> Result<Duration, ConfigError> {
+        let file = FileConfig {
+            refresh_reuse_grace_secs: secs,
+            ..FileConfig::default()
+        };
+        Settings::resolve(file, &Overrides::default()).map(|s| s.refresh_reuse_grace)
+    }
+
+    #[test]
+    fn refresh_reuse_grace_is_off_by_default_and_bounded() {
+        assert_eq!(grace(None).expect("default"), Duration::ZERO);
+        assert_eq!(grace(Some(60)).expect("max"), Duration::from_secs(60));
+        let err = grace(Some(61)).expect_err("too long").to_string();
+        assert!(
+            err.contains("refresh_reuse_grace_secs") && err.contains("at most 60"),
+            "{err}"
+        );
     }
 }

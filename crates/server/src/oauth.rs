@@ -10,7 +10,9 @@ use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
 use audit_store::{kinds, NewEvent, Outcome};
 use base64::Engine;
 use serde_json::json;
-use token_core::{AccessRequest, IssuedRefresh, IssuedToken, RefreshError};
+use token_core::{
+    AccessRequest, IssuedRefresh, IssuedToken, KeyOrigin, RefreshError, RefreshRevocation,
+};
 
 use crate::app::{AuditUnavailable, Data};
 use crate::passwords;
@@ -137,6 +139,18 @@ struct PresentedClient {
 }
 
 fn presented_client(req: &HttpRequest, form: &Form) -> Result<Option<PresentedClient>, OAuthError> {
+    // As at the bearer middleware: with two Authorization headers, which one
+    // authenticates would be a guess.
+    if req
+        .headers()
+        .get_all(header::AUTHORIZATION)
+        .nth(1)
+        .is_some()
+    {
+        return Err(OAuthError::InvalidRequest(
+            "send exactly one Authorization header".into(),
+        ));
+    }
     let basic = req
         .headers()
         .get(header::AUTHORIZATION)
@@ -488,7 +502,7 @@ async fn refresh_grant(
             ),
             _ => {
                 tokens
-                    .revoke_refresh(rotated.refresh.token.expose())
+                    .revoke_refresh(rotated.refresh.token.expose(), rotated.client_id.as_deref())
                     .map_err(RefreshError::Store)?;
                 None
             }
@@ -500,13 +514,14 @@ async fn refresh_grant(
 
     match outcome {
         Ok((rotated, Some(user), Some(access))) => {
-            let mut ev = issued_event(
-                meta,
-                kinds::TOKEN_REFRESHED,
-                &access,
-                &user.subject,
-                Some(&user.username),
-            );
+            // A repeat within the grace is its own kind, so a detector or an analyst
+            // can tell a double submit from a rotation and from a theft.
+            let kind = if rotated.grace_repeat {
+                kinds::TOKEN_REFRESH_GRACE
+            } else {
+                kinds::TOKEN_REFRESHED
+            };
+            let mut ev = issued_event(meta, kind, &access, &user.subject, Some(&user.username));
             ev.detail = json!({
                 "grant_type": "refresh_token",
                 "client_id": rotated.client_id,
@@ -514,6 +529,7 @@ async fn refresh_grant(
                 "presented_refresh_fp": fingerprint,
                 "refresh_fp": rotated.refresh.fingerprint,
                 "expires_at": access.expires_at,
+                "grace_repeat": rotated.grace_repeat,
             });
             data.record(ev).await?;
             Ok(token_response(
@@ -636,8 +652,10 @@ pub async fn introspect(
         .json(body))
 }
 
-/// RFC 7009. Answers 200 whether or not the token was valid, so the endpoint
-/// cannot be used to probe tokens; what happened is in the audit log.
+/// RFC 7009. The client authenticates (§2.1) as at the token endpoint, and only
+/// a token issued to it is revoked. The answer is 200 whether the token was
+/// revoked, unknown, or another client's, so the endpoint cannot be used to probe
+/// tokens; what happened is in the audit log.
 pub async fn revoke(
     req: HttpRequest,
     body: web::Bytes,
@@ -645,54 +663,111 @@ pub async fn revoke(
 ) -> Result<HttpResponse, OAuthError> {
     let meta = RequestMeta::from_request(&req);
     let form = Form::parse(&body)?;
-    let client_id = match presented_client(&req, &form)? {
-        Some(p) => Some(authenticate_client(&data, &meta, p).await?.client_id),
-        None => None,
+    let Some(presented) = presented_client(&req, &form)? else {
+        return refuse_unauthenticated_revoke(&data, &meta, &form).await;
     };
+    let client_id = authenticate_client(&data, &meta, presented)
+        .await?
+        .client_id;
     let token = form.require("token")?.to_string();
-    let looks_like_jwt = token.matches('.').count() == 2;
     let mut ev = meta.event(kinds::TOKEN_REVOKED, Outcome::Success);
     ev.token_fp = Some(token_core::fingerprint(&token));
+    let looks_like_jwt = token.matches('.').count() == 2;
     if looks_like_jwt && form.get("token_type_hint") != Some("refresh_token") {
-        match data.tokens.verify(&token) {
-            Ok(v) => {
-                data.tokens
-                    .revoke_access(&v.claims.jti, v.claims.exp)
-                    .map_err(|e| {
-                        tracing::error!(error = %e, "revocation store failed");
-                        OAuthError::Unavailable
-                    })?;
-                ev.subject = Some(v.claims.sub.clone());
-                ev.username = v.claims.username.clone();
-                ev.jti = Some(v.claims.jti.clone());
-                ev.kid = Some(v.kid.clone());
-                ev.alg = Some(v.alg.as_str().to_string());
-                ev.detail = json!({ "token_type": "access_token", "client_id": client_id });
-            }
-            Err(rejection) => {
-                ev.outcome = Outcome::Failure;
-                ev.reason = Some(rejection.reason.as_str().to_string());
-                ev.jti = rejection.jti.clone();
-                ev.detail = json!({ "token_type": "access_token", "client_id": client_id, "effect": "nothing to revoke" });
-            }
-        }
+        revoke_access_token(&data, &token, &client_id, &mut ev)?;
     } else {
-        let tokens = data.tokens.clone();
-        let family = web::block(move || tokens.revoke_refresh(&token))
-            .await
-            .map_err(|_| OAuthError::Unavailable)?
-            .map_err(|e| {
-                tracing::error!(error = %e, "revocation store failed");
-                OAuthError::Unavailable
-            })?;
-        if family.is_none() {
-            ev.outcome = Outcome::Failure;
-            ev.reason = Some("unknown_token".into());
-        }
-        ev.detail = json!({ "token_type": "refresh_token", "client_id": client_id, "refresh_family": family });
+        revoke_refresh_token(&data, token, &client_id, &mut ev).await?;
     }
     data.record(ev).await?;
     Ok(HttpResponse::Ok()
         .insert_header((header::CACHE_CONTROL, "no-store"))
         .finish())
+}
+
+/// No client credentials: 401 `invalid_client` (RFC 6749 §5.2), audited with the
+/// fingerprint of the token that was to be revoked.
+async fn refuse_unauthenticated_revoke(
+    data: &Data,
+    meta: &RequestMeta,
+    form: &Form,
+) -> Result<HttpResponse, OAuthError> {
+    let mut ev = meta.event(kinds::TOKEN_REVOKED, Outcome::Failure);
+    ev.reason = Some("invalid_client".into());
+    ev.token_fp = form.get("token").map(token_core::fingerprint);
+    ev.detail = json!({ "effect": "nothing revoked", "message": "revocation requires client authentication" });
+    data.record(ev).await?;
+    Err(OAuthError::InvalidClient { via_basic: false })
+}
+
+/// Revokes an access token issued to `client_id` by tokenwatch itself; any other
+/// token is left alone and the event says why.
+fn revoke_access_token(
+    data: &Data,
+    token: &str,
+    client_id: &str,
+    ev: &mut NewEvent,
+) -> Result<(), OAuthError> {
+    let v = match data.tokens.verify(token) {
+        Ok(v) => v,
+        Err(rejection) => {
+            ev.outcome = Outcome::Failure;
+            ev.reason = Some(rejection.reason.as_str().to_string());
+            ev.jti = rejection.jti.clone();
+            ev.detail = json!({ "token_type": "access_token", "client_id": client_id, "effect": "nothing to revoke" });
+            return Ok(());
+        }
+    };
+    ev.subject = Some(v.claims.sub.clone());
+    ev.username = v.claims.username.clone();
+    ev.jti = Some(v.claims.jti.clone());
+    ev.kid = Some(v.kid.clone());
+    ev.alg = Some(v.alg.as_str().to_string());
+    let owned = v.origin == KeyOrigin::Own && v.claims.client_id.as_deref() == Some(client_id);
+    if !owned {
+        ev.outcome = Outcome::Failure;
+        ev.reason = Some("client_mismatch".into());
+        ev.detail = json!({ "token_type": "access_token", "client_id": client_id,
+            "token_client_id": v.claims.client_id, "effect": "not revoked: the token was not issued to this client" });
+        return Ok(());
+    }
+    data.tokens
+        .revoke_access(&v.claims.jti, v.claims.exp)
+        .map_err(|e| {
+            tracing::error!(error = %e, "revocation store failed");
+            OAuthError::Unavailable
+        })?;
+    ev.detail = json!({ "token_type": "access_token", "client_id": client_id });
+    Ok(())
+}
+
+async fn revoke_refresh_token(
+    data: &Data,
+    token: String,
+    client_id: &str,
+    ev: &mut NewEvent,
+) -> Result<(), OAuthError> {
+    let tokens = data.tokens.clone();
+    let cid = client_id.to_string();
+    let outcome = web::block(move || tokens.revoke_refresh(&token, Some(&cid)))
+        .await
+        .map_err(|_| OAuthError::Unavailable)?
+        .map_err(|e| {
+            tracing::error!(error = %e, "revocation store failed");
+            OAuthError::Unavailable
+        })?;
+    let (reason, family, effect) = match outcome {
+        RefreshRevocation::Revoked { family_id } => (None, Some(family_id), "family revoked"),
+        RefreshRevocation::Unknown => (Some("unknown_token"), None, "nothing to revoke"),
+        RefreshRevocation::OtherClient { family_id } => (
+            Some("client_mismatch"),
+            Some(family_id),
+            "not revoked: the token was not issued to this client",
+        ),
+    };
+    if let Some(reason) = reason {
+        ev.outcome = Outcome::Failure;
+        ev.reason = Some(reason.into());
+    }
+    ev.detail = json!({ "token_type": "refresh_token", "client_id": client_id, "refresh_family": family, "effect": effect });
+    Ok(())
 }

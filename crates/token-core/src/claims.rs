@@ -112,22 +112,50 @@ fn require_string(m: &mut Map<String, Value>, name: &str) -> Result<String, Clai
     }
 }
 
-/// RFC 7519 NumericDate: integer or fractional seconds. Fractions are dropped.
+/// The latest NumericDate accepted: 9999-12-31T23:59:59Z. Anything later (`1e300`)
+/// is not a date any issuer meant; saturating it would make it look valid forever.
+const MAX_NUMERIC_DATE: f64 = 253_402_300_799.0;
+
+/// RFC 7519 NumericDate: integer or fractional seconds, from 0 to
+/// [`MAX_NUMERIC_DATE`]. Fractions are dropped. A negative, absurd or non-numeric
+/// value is present but invalid: `malformed`, naming the claim, never `missing_claim`.
+fn numeric_date(value: &Value, name: &str) -> Result<i64, ClaimError> {
+    let invalid = || {
+        (
+            Reason::Malformed,
+            format!(
+                "claim `{name}` is not a valid NumericDate \
+                 (seconds since 1970, from 0 to 253402300799)"
+            ),
+        )
+    };
+    let secs = value
+        .as_f64()
+        .filter(|f| f.is_finite())
+        .ok_or_else(invalid)?;
+    if !(0.0..=MAX_NUMERIC_DATE).contains(&secs) {
+        return Err(invalid());
+    }
+    // In range, so the conversion is exact for integers and floors fractions.
+    Ok(value.as_i64().unwrap_or(secs.floor() as i64))
+}
+
 fn take_numeric_date(m: &mut Map<String, Value>, name: &str) -> Result<Option<i64>, ClaimError> {
     match m.remove(name) {
         None | Some(Value::Null) => Ok(None),
-        Some(Value::Number(n)) => {
-            if let Some(i) = n.as_i64() {
-                Ok(Some(i))
-            } else {
-                match n.as_f64() {
-                    // `as` saturates, so an absurd float becomes a far-off but finite date.
-                    Some(f) if f.is_finite() => Ok(Some(f.floor() as i64)),
-                    _ => Err(wrong_type(name, "a NumericDate")),
-                }
-            }
-        }
-        Some(_) => Err(wrong_type(name, "a NumericDate")),
+        Some(v) => numeric_date(&v, name).map(Some),
+    }
+}
+
+/// Why a date claim that jsonwebtoken reported as missing was refused: `None` when
+/// it really is absent, else the `malformed` refusal naming it.
+pub(crate) fn present_date_claim_error(
+    payload: &Map<String, Value>,
+    name: &str,
+) -> Option<ClaimError> {
+    match payload.get(name) {
+        None | Some(Value::Null) => None,
+        Some(v) => numeric_date(v, name).err(),
     }
 }
 
@@ -242,6 +270,10 @@ mod tests {
             ("iss", json!(5), Reason::MissingClaim),
             ("aud", Value::Null, Reason::MissingClaim),
             ("exp", json!("tomorrow"), Reason::Malformed),
+            ("exp", json!(-1), Reason::Malformed),
+            ("exp", json!(1e300), Reason::Malformed),
+            ("iat", json!(-0.5), Reason::Malformed),
+            ("nbf", json!(253_402_300_800u64), Reason::Malformed),
             ("roles", json!("admin"), Reason::Malformed),
             ("username", json!(["a"]), Reason::Malformed),
         ] {

@@ -24,6 +24,15 @@ pub(crate) struct Parsed<'a> {
     pub kid: Option<String>,
 }
 
+impl Parsed<'_> {
+    /// An ES256 signature in high-S form, the twin of a valid one (see `low_s`).
+    /// Anything undecodable is left for the signature check to refuse.
+    pub(crate) fn is_high_s_es256(&self) -> bool {
+        self.alg == Alg::ES256
+            && b64url_decode(self.signature).is_some_and(|sig| crate::low_s::is_high_s(&sig))
+    }
+}
+
 /// What was seen of the header even when it was refused, for the audit record.
 #[derive(Default)]
 pub(crate) struct Seen {
@@ -40,6 +49,18 @@ pub(crate) fn b64url_encode(bytes: &[u8]) -> String {
     URL_SAFE_NO_PAD.encode(bytes)
 }
 
+/// RFC 7516 §9: a JWE is told from a JWS by the `enc` member of its header. Only a
+/// five-part value whose first part is such a header is named a JWE; any other
+/// value with the wrong number of dots is plain garbage (`malformed`).
+fn is_jwe_header(token: &str) -> bool {
+    token
+        .split('.')
+        .next()
+        .and_then(b64url_decode)
+        .and_then(|bytes| serde_json::from_slice::<Map<String, Value>>(&bytes).ok())
+        .is_some_and(|header| header.contains_key("enc"))
+}
+
 fn typ_allowed(typ: &str) -> bool {
     // RFC 7515 §4.1.9: typ is a media type, compared case-insensitively, and the
     // "application/" prefix may be omitted. RFC 9068 names at+jwt for access tokens.
@@ -50,11 +71,16 @@ fn typ_allowed(typ: &str) -> bool {
 
 /// Splits `token` and checks its header. Assumes the length cap was already applied.
 pub(crate) fn parse<'a>(token: &'a str, seen: &mut Seen) -> Result<Parsed<'a>, HeaderError> {
+    // Two tokens in one bearer value (`Bearer T T`) would otherwise count four dots
+    // and pass for a JWE.
+    if token.bytes().any(|b| b.is_ascii_whitespace()) {
+        return Err((Reason::Malformed, "token contains whitespace"));
+    }
     let dots = token.bytes().filter(|b| *b == b'.').count();
-    if dots == 4 {
+    if dots == 4 && is_jwe_header(token) {
         return Err((
             Reason::EncryptedToken,
-            "token has five parts (JWE); encrypted tokens are not accepted",
+            "token is a JWE (five parts, header names enc); encrypted tokens are not accepted",
         ));
     }
     if dots != 2 {

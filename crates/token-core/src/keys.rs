@@ -49,6 +49,38 @@ pub struct KeyInfo {
     pub active: bool,
     /// An imported shared secret: accepted for verification, never used to sign.
     pub verify_only: bool,
+    /// For an imported key, the only issuer (and audience) its tokens may claim.
+    /// `None` on an imported key from before issuer binding: it verifies nothing
+    /// until it is imported again with an issuer.
+    pub binding: Option<IssuerBinding>,
+}
+
+/// Whose tokens an imported key verifies: `iss` must equal `issuer`, and `aud` must
+/// contain `audience` (when `None`, the service's own configured audience). Bound at
+/// import, so a shared secret can never vouch for tokenwatch's own issuer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct IssuerBinding {
+    issuer: String,
+    audience: Option<String>,
+}
+
+impl IssuerBinding {
+    /// Refuses an empty issuer or audience: a binding to nothing would bind nothing.
+    pub fn new(issuer: impl Into<String>, audience: Option<String>) -> Result<Self, KeyError> {
+        let issuer = issuer.into();
+        if issuer.trim().is_empty() || audience.as_deref().is_some_and(|a| a.trim().is_empty()) {
+            return Err(KeyError::EmptyBinding);
+        }
+        Ok(IssuerBinding { issuer, audience })
+    }
+
+    pub fn issuer(&self) -> &str {
+        &self.issuer
+    }
+
+    pub fn audience(&self) -> Option<&str> {
+        self.audience.as_deref()
+    }
 }
 
 /// Errors from loading, creating, rotating or importing keys. Messages name the
@@ -90,6 +122,13 @@ pub enum KeyError {
     InvalidKid,
     #[error("JWK cannot be imported: {0}")]
     UnsupportedJwk(&'static str),
+    #[error("an imported key needs a non-empty issuer (and, if given, a non-empty audience)")]
+    EmptyBinding,
+    #[error(
+        "issuer {issuer:?} is tokenwatch's own issuer; an imported key may never vouch for it. \
+         Import the key for the issuer that signs with it"
+    )]
+    OwnIssuer { issuer: String },
 }
 
 /// A private key in usable form, parsed once at load so signing never re-parses it.
@@ -111,10 +150,12 @@ impl Signer {
                     .ok()?;
                 Some(sig)
             }
-            Signer::Ecdsa(kp) => kp
-                .sign(&SystemRandom::new(), msg)
-                .ok()
-                .map(|s| s.as_ref().to_vec()),
+            Signer::Ecdsa(kp) => {
+                let mut sig = kp.sign(&SystemRandom::new(), msg).ok()?.as_ref().to_vec();
+                // aws-lc emits either S; the verifier accepts only the low one.
+                crate::low_s::normalize(&mut sig);
+                Some(sig)
+            }
             Signer::Ed25519(kp) => Some(kp.sign(msg).as_ref().to_vec()),
         }
     }
@@ -133,6 +174,9 @@ pub(crate) struct KeyEntry {
     created_at: i64,
     retired_at: Option<i64>,
     imported: bool,
+    /// The issuer an imported key is trusted for; `None` for own keys and for
+    /// imported keys stored before binding existed.
+    binding: Option<IssuerBinding>,
     /// Kept only to rewrite the file when the key is retired.
     material: Zeroizing<Vec<u8>>,
     signer: Option<Signer>,
@@ -153,6 +197,12 @@ impl KeyEntry {
         &self.decoding
     }
 
+    /// `None` for a key generated here; for an imported key, its binding (itself
+    /// `None` when it has none and must verify nothing).
+    pub(crate) fn imported_binding(&self) -> Option<Option<&IssuerBinding>> {
+        self.imported.then_some(self.binding.as_ref())
+    }
+
     /// Signs `msg`, or `None` for a verification-only key or a crypto failure.
     pub(crate) fn sign(&self, msg: &[u8]) -> Option<Vec<u8>> {
         self.signer.as_ref()?.sign(msg)
@@ -166,6 +216,7 @@ impl KeyEntry {
             retired_at: self.retired_at,
             active: self.kid == active_kid,
             verify_only: self.imported,
+            binding: self.binding.clone(),
         }
     }
 
@@ -287,6 +338,7 @@ impl KeyEntry {
             created_at,
             retired_at,
             imported,
+            binding: None,
             material,
             signer,
             decoding,
@@ -325,6 +377,12 @@ struct StoredKey {
     created_at: i64,
     retired_at: Option<i64>,
     imported: bool,
+    /// Added after format 1 shipped: absent in older files (an unbound import) and
+    /// omitted for own keys, so files of own keys stay readable by older versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    issuer: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    audience: Option<String>,
     material: String,
 }
 
@@ -427,11 +485,19 @@ impl KeyRing {
         Ok(doomed)
     }
 
-    /// Adds a shared HMAC secret under `kid`, accepted for verification only (for
-    /// tokens made by another service, e.g. PyJWT). Refuses a secret shorter than the
-    /// hash output (RFC 7518 §3.2). Importing the same kid, alg and secret again is a
-    /// no-op, so a server can import from its configuration at every start.
-    pub fn import_hmac(&mut self, kid: &str, alg: Alg, secret: &[u8]) -> Result<KeyInfo, KeyError> {
+    /// Adds a shared HMAC secret under `kid`, accepted for verification only of
+    /// tokens from `binding`'s issuer (tokens made by another service, e.g. PyJWT).
+    /// Refuses a secret shorter than the hash output (RFC 7518 §3.2). Importing the
+    /// same kid, alg and secret again is a no-op, or rebinds the key when the binding
+    /// differs (this is how a key imported before binding existed is bound).
+    /// [`crate::TokenService::import_hmac`] also refuses the service's own issuer.
+    pub fn import_hmac(
+        &mut self,
+        kid: &str,
+        alg: Alg,
+        secret: &[u8],
+        binding: &IssuerBinding,
+    ) -> Result<KeyInfo, KeyError> {
         if !alg.is_hmac() {
             return Err(KeyError::NotHmac { alg });
         }
@@ -449,18 +515,50 @@ impl KeyRing {
             let same = existing.imported
                 && existing.alg == alg
                 && verify_slices_are_equal(&existing.material, secret).is_ok();
-            return if same {
-                Ok(existing.info(&self.active))
-            } else {
-                Err(KeyError::KidInUse {
+            return self.rebind_existing(kid, same, binding);
+        }
+        self.add_imported(kid, alg, Zeroizing::new(secret.to_vec()), binding)
+    }
+
+    /// An import of a kid already in the ring: the same key is (re)bound, anything
+    /// else is a conflict.
+    fn rebind_existing(
+        &mut self,
+        kid: &str,
+        same_key: bool,
+        binding: &IssuerBinding,
+    ) -> Result<KeyInfo, KeyError> {
+        let active = self.active.clone();
+        let entry = match self.entries.get_mut(kid) {
+            Some(entry) if same_key => entry,
+            _ => {
+                return Err(KeyError::KidInUse {
                     kid: kid.to_owned(),
                 })
-            };
+            }
+        };
+        if entry.binding.as_ref() != Some(binding) {
+            let previous = entry.binding.replace(binding.clone());
+            if let Err(e) = write_key_file(&self.dir, entry) {
+                entry.binding = previous;
+                return Err(e);
+            }
         }
-        let material = Zeroizing::new(secret.to_vec());
+        Ok(entry.info(&active))
+    }
+
+    fn add_imported(
+        &mut self,
+        kid: &str,
+        alg: Alg,
+        material: Zeroizing<Vec<u8>>,
+        binding: &IssuerBinding,
+    ) -> Result<KeyInfo, KeyError> {
         let path = key_path(&self.dir, kid);
-        let entry = KeyEntry::build(kid.to_owned(), alg, crate::unix_now(), None, true, material)
-            .map_err(|e| e.at(&path))?;
+        let mut entry =
+            KeyEntry::build(kid.to_owned(), alg, crate::unix_now(), None, true, material)
+                .map_err(|e| e.at(&path))?;
+        entry.binding = Some(binding.clone());
         write_key_file(&self.dir, &entry)?;
         let info = entry.info(&self.active);
         self.entries.insert(entry.kid.clone(), entry);
@@ -471,9 +569,14 @@ impl KeyRing {
     /// Ed25519), accepted for verification only. The JWK must carry a `kid`; `alg`,
     /// when present, must match the key type, and `use`, when present, must be `sig`.
     /// RSA moduli under 2048 bits and JWKs holding private parts (`d`) are refused.
-    /// Importing the identical key again is a no-op. Imported keys are never
-    /// republished in [`KeyRing::jwks`].
-    pub fn import_jwk(&mut self, jwk: &Value) -> Result<KeyInfo, KeyError> {
+    /// Importing the identical key again is a no-op (or rebinds it, as for
+    /// [`KeyRing::import_hmac`]). Only tokens from `binding`'s issuer verify with it.
+    /// Imported keys are never republished in [`KeyRing::jwks`].
+    pub fn import_jwk(
+        &mut self,
+        jwk: &Value,
+        binding: &IssuerBinding,
+    ) -> Result<KeyInfo, KeyError> {
         let obj = jwk
             .as_object()
             .ok_or(KeyError::UnsupportedJwk("not a JSON object"))?;
@@ -521,21 +624,10 @@ impl KeyRing {
         }
         let material = Zeroizing::new(public.to_string().into_bytes());
         if let Some(existing) = self.entries.get(kid) {
-            return if existing.imported && existing.alg == alg && existing.material == material {
-                Ok(existing.info(&self.active))
-            } else {
-                Err(KeyError::KidInUse {
-                    kid: kid.to_owned(),
-                })
-            };
+            let same = existing.imported && existing.alg == alg && existing.material == material;
+            return self.rebind_existing(kid, same, binding);
         }
-        let path = key_path(&self.dir, kid);
-        let entry = KeyEntry::build(kid.to_owned(), alg, crate::unix_now(), None, true, material)
-            .map_err(|e| e.at(&path))?;
-        write_key_file(&self.dir, &entry)?;
-        let info = entry.info(&self.active);
-        self.entries.insert(entry.kid.clone(), entry);
-        Ok(info)
+        self.add_imported(kid, alg, material, binding)
     }
 
     /// Every key, newest first.
@@ -811,7 +903,16 @@ fn read_key_file(path: &Path) -> Result<KeyEntry, KeyError> {
             .decode(stored.material.as_bytes())
             .map_err(|_| corrupt("key material is not base64url".into()))?,
     );
-    KeyEntry::build(
+    let binding = match (stored.imported, stored.issuer.clone()) {
+        (true, Some(issuer)) => Some(
+            IssuerBinding::new(issuer, stored.audience.clone())
+                .map_err(|e| corrupt(e.to_string()))?,
+        ),
+        (true, None) => None,
+        (false, None) => None,
+        (false, Some(_)) => return Err(corrupt("a generated key cannot carry an issuer".into())),
+    };
+    let mut entry = KeyEntry::build(
         stored.kid.clone(),
         stored.alg,
         stored.created_at,
@@ -819,7 +920,9 @@ fn read_key_file(path: &Path) -> Result<KeyEntry, KeyError> {
         stored.imported,
         material,
     )
-    .map_err(|e| e.at(path))
+    .map_err(|e| e.at(path))?;
+    entry.binding = binding;
+    Ok(entry)
 }
 
 /// Writes the key atomically (temp file, fsync, rename, fsync dir) with mode 0600
@@ -832,6 +935,8 @@ fn write_key_file(dir: &Path, entry: &KeyEntry) -> Result<(), KeyError> {
         created_at: entry.created_at,
         retired_at: entry.retired_at,
         imported: entry.imported,
+        issuer: entry.binding.as_ref().map(|b| b.issuer.clone()),
+        audience: entry.binding.as_ref().and_then(|b| b.audience.clone()),
         material: URL_SAFE_NO_PAD.encode(&*entry.material),
     };
     let body = Zeroizing::new(

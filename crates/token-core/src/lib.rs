@@ -39,6 +39,7 @@ mod alg;
 mod claims;
 mod jws;
 mod keys;
+mod low_s;
 mod reason;
 mod sanitize;
 mod secret;
@@ -50,13 +51,13 @@ use aws_lc_rs::digest::{digest, SHA256};
 
 pub use alg::{Alg, UnknownAlg};
 pub use claims::{AccessRequest, Claims, RESERVED_CLAIMS};
-pub use keys::{KeyError, KeyInfo, KeyRing};
+pub use keys::{IssuerBinding, KeyError, KeyInfo, KeyRing};
 pub use reason::{Reason, Rejection};
 pub use sanitize::{log_safe_id, INVALID_ID};
 pub use secret::SecretToken;
 pub use service::{
-    IssueError, IssuedRefresh, IssuedToken, RefreshError, RotatedRefresh, TokenConfig,
-    TokenService, VerifiedToken,
+    IssueError, IssuedRefresh, IssuedToken, KeyOrigin, RefreshError, RefreshRevocation,
+    RotatedRefresh, TokenConfig, TokenService, VerifiedToken,
 };
 pub use store::{
     MemoryRefreshStore, MemoryRevocations, RefreshRecord, RefreshStore, RevocationStore,

@@ -37,7 +37,8 @@ pub enum Reason {
     BadType,
     /// `iat` is later than now plus the leeway.
     IssuedInFuture,
-    /// Five dot-separated parts: a JWE, which is not accepted.
+    /// A JWE (five parts, its header names `enc`), which is not accepted. Any other
+    /// value with the wrong number of parts is `Malformed`.
     EncryptedToken,
     /// The revocation store could not be asked; the token is refused (fail closed).
     StoreUnavailable,

@@ -1,6 +1,7 @@
 //! The token service: issue, verify, refresh, revoke.
 
-use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
@@ -9,9 +10,9 @@ use jsonwebtoken::Validation;
 use serde_json::{json, Map, Value};
 
 use crate::alg::Alg;
-use crate::claims::{AccessRequest, Claims, RESERVED_CLAIMS};
+use crate::claims::{present_date_claim_error, AccessRequest, Claims, RESERVED_CLAIMS};
 use crate::jws::{self, Seen};
-use crate::keys::{generate_entry, KeyError, KeyInfo, KeyRing};
+use crate::keys::{generate_entry, IssuerBinding, KeyEntry, KeyError, KeyInfo, KeyRing};
 use crate::reason::{Reason, Rejection};
 use crate::sanitize::log_safe_text;
 use crate::secret::SecretToken;
@@ -33,6 +34,11 @@ pub struct TokenConfig {
     pub leeway: Duration,
     /// Longer tokens are refused before any parsing (`too_large`).
     pub max_token_bytes: usize,
+    /// How long after a refresh token was exchanged presenting it again is taken for
+    /// an honest double submit (two tabs, a retried request) and answered with the
+    /// same new refresh token instead of revoking the family. Zero (the default)
+    /// turns it off. Kept in memory only: a restart ends every grace window.
+    pub refresh_reuse_grace: Duration,
 }
 
 impl TokenConfig {
@@ -46,6 +52,7 @@ impl TokenConfig {
             refresh_ttl: Duration::from_secs(30 * 24 * 3600),
             leeway: Duration::from_secs(5),
             max_token_bytes: 8 * 1024,
+            refresh_reuse_grace: Duration::ZERO,
         }
     }
 
@@ -66,6 +73,25 @@ pub struct IssuedToken {
     pub fingerprint: String,
 }
 
+/// Which kind of key verified a token.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyOrigin {
+    /// A key tokenwatch generated: the token is one tokenwatch issued.
+    Own,
+    /// An imported key: the token was made by the other issuer the key is bound to.
+    Imported,
+}
+
+impl KeyOrigin {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyOrigin::Own => "own",
+            KeyOrigin::Imported => "imported",
+        }
+    }
+}
+
 /// An access token that passed every check.
 #[derive(Clone, Debug, PartialEq)]
 pub struct VerifiedToken {
@@ -74,6 +100,20 @@ pub struct VerifiedToken {
     pub kid: String,
     pub alg: Alg,
     pub fingerprint: String,
+    pub origin: KeyOrigin,
+}
+
+impl VerifiedToken {
+    /// The roles tokenwatch vouches for. Only a token tokenwatch signed itself has
+    /// any: whoever holds an imported key (a shared secret, say) could write any
+    /// `roles` claim, so such a token never carries tokenwatch authority. Read roles
+    /// here, never from `claims.roles`.
+    pub fn roles(&self) -> &[String] {
+        match self.origin {
+            KeyOrigin::Own => &self.claims.roles,
+            KeyOrigin::Imported => &[],
+        }
+    }
 }
 
 /// A newly issued refresh token: an opaque 256-bit random value, stored only hashed.
@@ -96,7 +136,33 @@ pub struct RotatedRefresh {
     pub client_id: Option<String>,
     pub scope: Option<String>,
     pub family_id: String,
+    /// A repeat, within [`TokenConfig::refresh_reuse_grace`], of the exchange that
+    /// issued `refresh`: the same refresh token is handed out again.
+    pub grace_repeat: bool,
 }
+
+/// What [`TokenService::revoke_refresh`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RefreshRevocation {
+    /// Not a refresh token of this service (RFC 7009 still answers 200).
+    Unknown,
+    /// The family is ended, its access tokens with it.
+    Revoked { family_id: String },
+    /// Issued to another client than the one asking: left alone (RFC 7009 §2.1).
+    OtherClient { family_id: String },
+}
+
+/// The last exchange of a refresh family, remembered for the grace window.
+struct GraceEntry {
+    /// SHA-256 of the token that was exchanged: only that one, the family's latest
+    /// parent, gets grace.
+    parent_hash: String,
+    used_at: i64,
+    rotated: RotatedRefresh,
+}
+
+/// Families remembered at once; beyond this, exchanges get no grace window.
+const MAX_GRACE_ENTRIES: usize = 10_000;
 
 /// Why a token could not be issued.
 #[non_exhaustive]
@@ -195,6 +261,9 @@ impl Refusal<'_> {
 }
 
 const MAX_LOGGED_JTI: usize = 128;
+/// Refusal message for the second spelling of an ES256 signature.
+const HIGH_S: &str =
+    "ES256 signature is not in low-S form (s > n/2); only the low-S form is accepted";
 const MAX_LOGGED_SUBJECT: usize = 256;
 
 /// `jti` and `sub` of a signature-verified payload, made safe to log.
@@ -273,14 +342,14 @@ fn map_jwt_error(kind: &ErrorKind) -> (Reason, String, bool) {
     (reason, message.to_owned(), signed)
 }
 
-fn validation_for(alg: Alg, cfg: &TokenConfig) -> Validation {
+fn validation_for(alg: Alg, issuer: &str, audience: &str, leeway: Duration) -> Validation {
     let mut v = Validation::new(alg.jwt_algorithm());
     // jsonwebtoken's defaults leave iss/aud/sub optional even when set, so a token
     // without them (or with `iss: 5`) would pass.
     v.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
-    v.set_issuer(&[cfg.issuer.as_str()]);
-    v.set_audience(&[cfg.audience.as_str()]);
-    v.leeway = cfg.leeway.as_secs();
+    v.set_issuer(&[issuer]);
+    v.set_audience(&[audience]);
+    v.leeway = leeway.as_secs();
     // exp, nbf and iat are judged by token-core against one caller-given `now`:
     // jsonwebtoken reads the system clock itself and never checks iat, and mixing
     // two clocks would make `verify_at` inexact.
@@ -298,6 +367,8 @@ pub struct TokenService {
     revocations: Arc<dyn RevocationStore>,
     refresh: Arc<dyn RefreshStore>,
     verified: VerifiedCache,
+    /// Latest exchange per refresh family, by family id (only with a grace window).
+    grace: Mutex<HashMap<String, GraceEntry>>,
 }
 
 impl std::fmt::Debug for TokenService {
@@ -319,7 +390,10 @@ impl TokenService {
         revocations: Arc<dyn RevocationStore>,
         refresh: Arc<dyn RefreshStore>,
     ) -> Self {
-        let validations = Alg::ALL.iter().map(|a| validation_for(*a, &cfg)).collect();
+        let validations = Alg::ALL
+            .iter()
+            .map(|a| validation_for(*a, &cfg.issuer, &cfg.audience, cfg.leeway))
+            .collect();
         TokenService {
             keys: RwLock::new(keys),
             cfg,
@@ -327,6 +401,7 @@ impl TokenService {
             revocations,
             refresh,
             verified: VerifiedCache::default(),
+            grace: Mutex::new(HashMap::new()),
         }
     }
 
@@ -498,6 +573,8 @@ impl TokenService {
             .ok_or_else(|| refusal.no(Reason::UnknownKid, "token has no kid"))?;
 
         let generation;
+        let origin;
+        let expected_aud;
         let decoded = {
             let keys = self.read_keys();
             generation = self.verified.generation();
@@ -512,26 +589,46 @@ impl TokenService {
                     format!("header alg differs from the key's algorithm {}", key.alg()),
                 ));
             }
-            jsonwebtoken::decode::<Map<String, Value>>(
-                token,
-                key.decoding_key(),
-                &self.validations[parsed.alg.index()],
-            )
+            if parsed.is_high_s_es256() {
+                return Err(refusal.no(Reason::BadSignature, HIGH_S));
+            }
+            let (from, issuer, audience) = self
+                .trusted_for(key)
+                .map_err(|msg| refusal.no(Reason::IssuerMismatch, msg))?;
+            origin = from;
+            expected_aud = audience.to_owned();
+            let imported_validation;
+            let validation = match origin {
+                KeyOrigin::Own => &self.validations[parsed.alg.index()],
+                KeyOrigin::Imported => {
+                    imported_validation =
+                        validation_for(parsed.alg, issuer, audience, self.cfg.leeway);
+                    &imported_validation
+                }
+            };
+            jsonwebtoken::decode::<Map<String, Value>>(token, key.decoding_key(), validation)
         };
         let payload = match decoded {
             Ok(data) => data.claims,
             Err(e) => {
-                let (reason, msg, signed) = map_jwt_error(e.kind());
+                let (mut reason, mut msg, signed) = map_jwt_error(e.kind());
                 if signed {
                     if let Some(p) = self.payload_of(token) {
                         (refusal.jti, refusal.subject) = ids_of(&p);
+                        // jsonwebtoken reports `exp: -1` or `exp: 1e300` as missing;
+                        // it is there, just not a date.
+                        if let ErrorKind::MissingRequiredClaim(claim) = e.kind() {
+                            if let Some(err) = present_date_claim_error(&p, claim) {
+                                (reason, msg) = err;
+                            }
+                        }
                     }
                 }
                 return Err(refusal.no(reason, msg));
             }
         };
         (refusal.jti, refusal.subject) = ids_of(&payload);
-        let claims = Claims::from_payload(payload, &self.cfg.audience)
+        let claims = Claims::from_payload(payload, &expected_aud)
             .map_err(|(reason, msg)| refusal.no(reason, msg))?;
         self.check_time_and_revocation(&claims, now, |r, m| refusal.no(r, m))?;
         let claims = Arc::new(claims);
@@ -541,6 +638,7 @@ impl TokenService {
                 claims: claims.clone(),
                 kid: kid.to_owned(),
                 alg: parsed.alg,
+                origin,
             },
             generation,
         );
@@ -549,7 +647,33 @@ impl TokenService {
             kid: kid.to_owned(),
             alg: parsed.alg,
             fingerprint: fp.clone(),
+            origin,
         })
+    }
+
+    /// Where a token verified by `key` must come from: tokenwatch's own issuer and
+    /// audience for its own keys; for an imported key, the issuer it was bound to at
+    /// import (and its audience, or ours). tokenwatch's own issuer is never accepted
+    /// from an imported key, even one whose file was edited to claim it.
+    fn trusted_for<'k>(
+        &'k self,
+        key: &'k KeyEntry,
+    ) -> Result<(KeyOrigin, &'k str, &'k str), &'static str> {
+        match key.imported_binding() {
+            None => Ok((KeyOrigin::Own, &self.cfg.issuer, &self.cfg.audience)),
+            Some(None) => Err(
+                "kid names an imported key bound to no issuer; it verifies nothing until \
+                 it is imported again with an issuer",
+            ),
+            Some(Some(b)) if b.issuer() == self.cfg.issuer => {
+                Err("an imported key never verifies tokens of tokenwatch's own issuer")
+            }
+            Some(Some(b)) => Ok((
+                KeyOrigin::Imported,
+                b.issuer(),
+                b.audience().unwrap_or(&self.cfg.audience),
+            )),
+        }
     }
 
     /// A token whose bytes were verified before: only what can change since is checked.
@@ -574,6 +698,7 @@ impl TokenService {
             kid: hit.kid.clone(),
             alg: hit.alg,
             fingerprint: fp,
+            origin: hit.origin,
         })
     }
 
@@ -667,6 +792,9 @@ impl TokenService {
                 Reason::AlgNotAllowed,
                 "header alg differs from the key's algorithm",
             ));
+        }
+        if parsed.is_high_s_es256() {
+            return Err(no(&seen, Reason::BadSignature, HIGH_S));
         }
         match jsonwebtoken::crypto::verify(
             parsed.signature,
@@ -766,11 +894,32 @@ impl TokenService {
     }
 
     /// [`TokenService::rotate_refresh`] as if the time were `now`.
+    ///
+    /// With a [`TokenConfig::refresh_reuse_grace`], the token most recently
+    /// exchanged in its family (and only that one) may be presented again within
+    /// the window: the answer is the same new refresh token, marked
+    /// [`RotatedRefresh::grace_repeat`]. Any other reuse revokes the family.
     pub fn rotate_refresh_at(
         &self,
         presented: &str,
         client_id: Option<&str>,
         now: i64,
+    ) -> Result<RotatedRefresh, RefreshError> {
+        if self.cfg.refresh_reuse_grace.is_zero() {
+            return self.rotate_once(presented, client_id, now, None);
+        }
+        // Held across the whole exchange, so the second of two simultaneous
+        // submits finds the first one's entry instead of racing it.
+        let mut grace = self.grace.lock().unwrap_or_else(|p| p.into_inner());
+        self.rotate_once(presented, client_id, now, Some(&mut grace))
+    }
+
+    fn rotate_once(
+        &self,
+        presented: &str,
+        client_id: Option<&str>,
+        now: i64,
+        mut grace: Option<&mut HashMap<String, GraceEntry>>,
     ) -> Result<RotatedRefresh, RefreshError> {
         let hash = sha256_hex(presented);
         let rec = self.refresh.find(&hash)?.ok_or(RefreshError::Unknown)?;
@@ -783,14 +932,20 @@ impl TokenService {
         // Reuse is checked before expiry: an old token replayed after it expired is
         // still evidence that the family leaked.
         if rec.used_at.is_some() {
-            return Err(self.family_reused(&rec, now));
+            if let Some(repeat) = grace
+                .as_deref_mut()
+                .and_then(|g| self.grace_repeat(g, &rec, &hash, now))
+            {
+                return Ok(repeat);
+            }
+            return Err(self.family_reused(&rec, now, grace));
         }
         if now >= rec.expires_at {
             return Err(RefreshError::Expired);
         }
         if !self.refresh.mark_used(&hash, now)? {
             // Lost the race against a concurrent exchange of the same token.
-            return Err(self.family_reused(&rec, now));
+            return Err(self.family_reused(&rec, now, grace));
         }
         let refresh = self.issue_refresh_at(
             &rec.subject,
@@ -800,17 +955,72 @@ impl TokenService {
             rec.family_id.clone(),
             now,
         )?;
-        Ok(RotatedRefresh {
+        let rotated = RotatedRefresh {
             refresh,
             subject: rec.subject,
             username: rec.username,
             client_id: rec.client_id,
             scope: rec.scope,
             family_id: rec.family_id,
+            grace_repeat: false,
+        };
+        if let Some(grace) = grace {
+            self.remember_exchange(grace, hash, now, &rotated);
+        }
+        Ok(rotated)
+    }
+
+    /// The earlier answer, when `hash` is its family's latest parent and the window
+    /// since its exchange is still open.
+    fn grace_repeat(
+        &self,
+        grace: &HashMap<String, GraceEntry>,
+        rec: &RefreshRecord,
+        hash: &str,
+        now: i64,
+    ) -> Option<RotatedRefresh> {
+        let entry = grace.get(&rec.family_id)?;
+        let window = TokenConfig::secs(self.cfg.refresh_reuse_grace);
+        let open = entry.parent_hash == hash && now <= entry.used_at.saturating_add(window);
+        open.then(|| RotatedRefresh {
+            grace_repeat: true,
+            ..entry.rotated.clone()
         })
     }
 
-    fn family_reused(&self, rec: &RefreshRecord, now: i64) -> RefreshError {
+    fn remember_exchange(
+        &self,
+        grace: &mut HashMap<String, GraceEntry>,
+        parent_hash: String,
+        now: i64,
+        rotated: &RotatedRefresh,
+    ) {
+        let window = TokenConfig::secs(self.cfg.refresh_reuse_grace);
+        if grace.len() >= MAX_GRACE_ENTRIES {
+            grace.retain(|_, e| now <= e.used_at.saturating_add(window));
+        }
+        // Replacing the family's entry is what ends the grace of the older parent.
+        if grace.len() < MAX_GRACE_ENTRIES || grace.contains_key(&rotated.family_id) {
+            grace.insert(
+                rotated.family_id.clone(),
+                GraceEntry {
+                    parent_hash,
+                    used_at: now,
+                    rotated: rotated.clone(),
+                },
+            );
+        }
+    }
+
+    fn family_reused(
+        &self,
+        rec: &RefreshRecord,
+        now: i64,
+        grace: Option<&mut HashMap<String, GraceEntry>>,
+    ) -> RefreshError {
+        if let Some(grace) = grace {
+            grace.remove(&rec.family_id);
+        }
         if let Err(e) = self.end_family(&rec.family_id, now) {
             return RefreshError::Store(e);
         }
@@ -833,20 +1043,60 @@ impl TokenService {
             .revoke_jti(jti, expires_at.saturating_add(self.leeway_secs()))
     }
 
-    /// RFC 7009 revocation of a refresh token: ends its whole family, including the
-    /// family's access tokens. Returns the family, or `None` for an unknown token
-    /// (which RFC 7009 still answers with 200).
-    pub fn revoke_refresh(&self, presented: &str) -> Result<Option<String>, StoreFailure> {
+    /// RFC 7009 revocation of a refresh token by `client_id` (`None`: a token
+    /// issued to no client): ends its whole family, including the family's access
+    /// tokens, when the token was issued to that client (§2.1), and leaves it alone
+    /// otherwise.
+    pub fn revoke_refresh(
+        &self,
+        presented: &str,
+        client_id: Option<&str>,
+    ) -> Result<RefreshRevocation, StoreFailure> {
         let Some(rec) = self.refresh.find(&sha256_hex(presented))? else {
-            return Ok(None);
+            return Ok(RefreshRevocation::Unknown);
         };
+        if rec.client_id.as_deref() != client_id {
+            return Ok(RefreshRevocation::OtherClient {
+                family_id: rec.family_id,
+            });
+        }
         self.end_family(&rec.family_id, unix_now())?;
-        Ok(Some(rec.family_id))
+        Ok(RefreshRevocation::Revoked {
+            family_id: rec.family_id,
+        })
     }
 
     /// Every key, newest first.
     pub fn keys(&self) -> Vec<KeyInfo> {
         self.read_keys().keys()
+    }
+
+    /// [`KeyRing::import_hmac`], refusing tokenwatch's own issuer as the binding:
+    /// a shared secret must never be able to mint tokenwatch identities.
+    pub fn import_hmac(
+        &self,
+        kid: &str,
+        alg: Alg,
+        secret: &[u8],
+        binding: &IssuerBinding,
+    ) -> Result<KeyInfo, KeyError> {
+        self.refuse_own_issuer(binding)?;
+        self.write_keys().import_hmac(kid, alg, secret, binding)
+    }
+
+    /// [`KeyRing::import_jwk`], refusing tokenwatch's own issuer as the binding.
+    pub fn import_jwk(&self, jwk: &Value, binding: &IssuerBinding) -> Result<KeyInfo, KeyError> {
+        self.refuse_own_issuer(binding)?;
+        self.write_keys().import_jwk(jwk, binding)
+    }
+
+    fn refuse_own_issuer(&self, binding: &IssuerBinding) -> Result<(), KeyError> {
+        if binding.issuer() == self.cfg.issuer {
+            return Err(KeyError::OwnIssuer {
+                issuer: self.cfg.issuer.clone(),
+            });
+        }
+        Ok(())
     }
 
     /// Generates a new active key of `alg`; older keys keep verifying. The key is

@@ -34,6 +34,7 @@ pub(crate) struct Verified {
     pub claims: Arc<Claims>,
     pub kid: String,
     pub alg: Alg,
+    pub origin: crate::service::KeyOrigin,
 }
 
 #[derive(Default)]
@@ -144,6 +145,7 @@ mod tests {
             }),
             kid: "k".into(),
             alg: Alg::HS256,
+            origin: crate::service::KeyOrigin::Own,
         }
     }
 

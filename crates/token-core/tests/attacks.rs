@@ -179,7 +179,14 @@ fn attack_corpus_is_refused_with_precise_reasons() {
         ("expired at leeway edge", craft(&hdr, &with(good.clone(), "exp", json!(NOW - 5)), SHARED_SECRET), Reason::Expired),
         ("nbf in future", craft(&hdr, &with(good.clone(), "nbf", json!(NOW + 600)), SHARED_SECRET), Reason::NotYetValid),
         ("iat in future", craft(&hdr, &with(good.clone(), "iat", json!(NOW + 600)), SHARED_SECRET), Reason::IssuedInFuture),
-        ("exp not a number", craft(&hdr, &with(good.clone(), "exp", json!("never")), SHARED_SECRET), Reason::MissingClaim),
+        // A date claim that is there but is no date is malformed, never missing.
+        ("exp not a number", craft(&hdr, &with(good.clone(), "exp", json!("never")), SHARED_SECRET), Reason::Malformed),
+        ("exp -1", craft(&hdr, &with(good.clone(), "exp", json!(-1)), SHARED_SECRET), Reason::Malformed),
+        ("exp 1e300", craft(&hdr, &with(good.clone(), "exp", json!(1e300)), SHARED_SECRET), Reason::Malformed),
+        ("exp after year 9999", craft(&hdr, &with(good.clone(), "exp", json!(253_402_300_800i64)), SHARED_SECRET), Reason::Malformed),
+        ("iat 1e300", craft(&hdr, &with(good.clone(), "iat", json!(1e300)), SHARED_SECRET), Reason::Malformed),
+        ("iat -1", craft(&hdr, &with(good.clone(), "iat", json!(-1)), SHARED_SECRET), Reason::Malformed),
+        ("nbf -1e300", craft(&hdr, &with(good.clone(), "nbf", json!(-1e300)), SHARED_SECRET), Reason::Malformed),
         // Issuer, audience, required claims.
         ("wrong iss", craft(&hdr, &with(good.clone(), "iss", json!("https://evil.example")), SHARED_SECRET), Reason::IssuerMismatch),
         ("wrong aud", craft(&hdr, &with(good.clone(), "aud", json!("other-api")), SHARED_SECRET), Reason::AudienceMismatch),
@@ -211,6 +218,13 @@ fn attack_corpus_is_refused_with_precise_reasons() {
         ("empty string", String::new(), Reason::Malformed),
         ("one part", "abc".into(), Reason::Malformed),
         ("four parts", format!("{valid}.x"), Reason::Malformed),
+        ("a.b.c.d", "a.b.c.d".into(), Reason::Malformed),
+        // Five parts whose header is a JWS header, not a JWE one: garbage, not a JWE.
+        ("five parts, JWS header", format!("{valid}.x.y"), Reason::Malformed),
+        ("five empty parts", "....".into(), Reason::Malformed),
+        // `Bearer T T`: two tokens in one value (four dots between them).
+        ("two tokens, space-separated", format!("{valid} {valid}"), Reason::Malformed),
+        ("tab inside", format!("{}\t{}", &valid[..10], &valid[10..]), Reason::Malformed),
         ("JWE (5 parts)", "eyJhbGciOiJSU0EtT0FFUCIsImVuYyI6IkEyNTZHQ00ifQ.OKOawDo13gRp2ojaHV7LFpZcgV7T6DVZKTyKOMTYUmKoTCVJRgckCL9kiMT03JGeipsEdY3mx_etLbbWSrFr05kLzcSr4qKAq7YN7e9jwQRb23nfa6c9d-StnImGyFDbSv04uVuxIp5Zms1gNxKKK2Da14B8S4rzVRltdYwam_lDp5XnZAYpQdb76FdIKLaVmqgfwX7XWRxv2322i-vDxRfqNzo_tETKzpVLzfiwQyeyPGLBIO56YJ7eObdv0je81860ppamavo35UgoRdbYaBcoh9QcfylQr66oc6vFWXRcZ_ZT2LawVCWTIy3brGPi6UklfCpIMfIjf7iGdXKHzg.48V1_ALb6US04U3b.5eym8TW_c8SuK0ltJ3rpYIzOeDQz7TALvtu6UG9oMo4vpzs9tX_EFShS8iB7j6jiSdiwkIr3ajwQzaBtQD_A.XFBoMYUZodetZdvTiFvSkQ".into(), Reason::EncryptedToken),
         ("oversized", craft(&hdr, &with(good.clone(), "pad", json!("x".repeat(9000))), SHARED_SECRET), Reason::TooLarge),
         ("oversized garbage", "a".repeat(6_700_000), Reason::TooLarge),
@@ -218,6 +232,32 @@ fn attack_corpus_is_refused_with_precise_reasons() {
     for (name, token, expected) in &cases {
         check(svc, name, token, *expected);
     }
+}
+
+#[test]
+fn invalid_date_claims_name_the_claim() {
+    let f = fixture();
+    let good = good_claims(NOW);
+    for (claim, value) in [
+        ("exp", json!(-1)),
+        ("exp", json!(1e300)),
+        ("iat", json!(1e300)),
+    ] {
+        let token = craft(
+            &shared_header(),
+            &with(good.clone(), claim, value),
+            SHARED_SECRET,
+        );
+        let rej = check(&f.svc, claim, &token, Reason::Malformed);
+        assert!(
+            rej.message.contains(&format!("`{claim}`")),
+            "{claim}: {}",
+            rej.message
+        );
+    }
+    // Absent is still missing.
+    let token = craft(&shared_header(), &without(good, "exp"), SHARED_SECRET);
+    check(&f.svc, "no exp", &token, Reason::MissingClaim);
 }
 
 #[test]
@@ -350,4 +390,41 @@ fn revoked_tokens_and_failing_store_are_refused() {
     let keys = KeyRing::load_or_create(&f.dir.path().join("keys"), Alg::ES256).expect("reload");
     let svc = TokenService::new(keys, config(), std::sync::Arc::new(Down), f.refresh.clone());
     check(&svc, "store down", token, Reason::StoreUnavailable);
+}
+
+/// ES256 has two valid signatures per token, (r, s) and (r, n − s). Only the low-S
+/// one is accepted, so a replay detector keyed on `token_fp` sees every copy.
+#[test]
+fn es256_twins_are_refused_and_our_signatures_are_low_s() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let keys = KeyRing::load_or_create(&dir.path().join("keys"), Alg::ES256).expect("keys");
+    let svc = TokenService::new(
+        keys,
+        config(),
+        std::sync::Arc::new(MemoryRevocations::new()),
+        std::sync::Arc::new(MemoryRefreshStore::new()),
+    );
+    let mut high_twins_refused = 0;
+    for i in 0..1000 {
+        let issued = svc
+            .issue_access_at(&AccessRequest::new(format!("user-{i}")), NOW)
+            .expect("issue");
+        let token = issued.token.expose();
+        let sig = base64::Engine::decode(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+            token.rsplit('.').next().expect("sig"),
+        )
+        .expect("b64");
+        assert!(!es256_s_is_high(&sig), "token {i} was signed with a high S");
+        assert!(svc.verify_at(token, NOW).is_ok(), "token {i}");
+        if i % 100 == 0 {
+            let twin = with_es256_twin(token);
+            assert!(es256_s_is_high(&es256_twin(&sig)));
+            let rej = check(&svc, "ES256 high-S twin", &twin, Reason::BadSignature);
+            assert!(rej.message.contains("low-S"), "{}", rej.message);
+            assert_ne!(rej.fingerprint, issued.fingerprint);
+            high_twins_refused += 1;
+        }
+    }
+    assert_eq!(high_twins_refused, 10);
 }

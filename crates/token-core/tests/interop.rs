@@ -87,7 +87,7 @@ fn hs256_token_from_jwt_simple_verifies_with_an_imported_secret() {
     let f = fixture();
     let key = HS256Key::from_bytes(SHARED_SECRET).with_key_id(SHARED_KID);
     let claims = Claims::create(Duration::from_mins(5))
-        .with_issuer(ISS)
+        .with_issuer(SHARED_ISS)
         .with_audience(AUD)
         .with_subject("py-user")
         .with_jwt_id("ext-1");
@@ -104,7 +104,7 @@ fn hs256_token_from_jwt_simple_verifies_with_an_imported_secret() {
     let forged = other
         .authenticate(
             Claims::create(Duration::from_mins(5))
-                .with_issuer(ISS)
+                .with_issuer(SHARED_ISS)
                 .with_audience(AUD)
                 .with_subject("py-user")
                 .with_jwt_id("ext-2"),

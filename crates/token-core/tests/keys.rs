@@ -149,7 +149,7 @@ fn pruning_drops_only_keys_retired_long_enough() {
     let keys_dir = dir.path().join("keys");
     let mut ring = KeyRing::load_or_create(&keys_dir, Alg::ES256).expect("create");
     let first = ring.active_kid().to_owned();
-    ring.import_hmac(SHARED_KID, Alg::HS256, SHARED_SECRET)
+    ring.import_hmac(SHARED_KID, Alg::HS256, SHARED_SECRET, &shared_binding())
         .expect("import");
     let second = ring.rotate(Alg::ES256).expect("rotate").kid;
     let now = unix_now();
@@ -213,42 +213,47 @@ fn weak_keys_are_refused() {
     let mut ring = KeyRing::load_or_create(&keys_dir, Alg::ES256).expect("create");
     for (alg, short) in [(Alg::HS256, 31), (Alg::HS384, 47), (Alg::HS512, 63)] {
         let err = ring
-            .import_hmac("weak", alg, &vec![1u8; short])
+            .import_hmac("weak", alg, &vec![1u8; short], &shared_binding())
             .expect_err("short secret");
         assert!(
             matches!(err, KeyError::SecretTooShort { len, .. } if len == short),
             "{err}"
         );
-        ring.import_hmac(&format!("ok-{alg}"), alg, &vec![1u8; short + 1])
-            .expect("long enough");
+        ring.import_hmac(
+            &format!("ok-{alg}"),
+            alg,
+            &vec![1u8; short + 1],
+            &shared_binding(),
+        )
+        .expect("long enough");
     }
     assert!(matches!(
-        ring.import_hmac("x", Alg::HS256, b"secret"),
+        ring.import_hmac("x", Alg::HS256, b"secret", &shared_binding()),
         Err(KeyError::SecretTooShort { .. })
     ));
     assert!(matches!(
-        ring.import_hmac("x", Alg::HS256, b""),
+        ring.import_hmac("x", Alg::HS256, b"", &shared_binding()),
         Err(KeyError::SecretTooShort { .. })
     ));
     assert!(matches!(
-        ring.import_hmac("x", Alg::RS256, &[1; 64]),
+        ring.import_hmac("x", Alg::RS256, &[1; 64], &shared_binding()),
         Err(KeyError::NotHmac { .. })
     ));
     assert!(matches!(
-        ring.import_hmac("../etc/passwd", Alg::HS256, &[1; 64]),
+        ring.import_hmac("../etc/passwd", Alg::HS256, &[1; 64], &shared_binding()),
         Err(KeyError::InvalidKid)
     ));
 
     // Re-importing the same secret is a no-op; a different one under the kid is refused.
-    ring.import_hmac("ok-HS256", Alg::HS256, &[1; 32])
+    ring.import_hmac("ok-HS256", Alg::HS256, &[1; 32], &shared_binding())
         .expect("idempotent");
     assert!(matches!(
-        ring.import_hmac("ok-HS256", Alg::HS256, &[2; 32]),
+        ring.import_hmac("ok-HS256", Alg::HS256, &[2; 32], &shared_binding()),
         Err(KeyError::KidInUse { .. })
     ));
     let active = ring.active_kid().to_owned();
     assert!(matches!(
-        ring.import_hmac(&active, Alg::HS256, &[1; 32]),
+        ring.import_hmac(&active, Alg::HS256, &[1; 32], &shared_binding()),
         Err(KeyError::KidInUse { .. })
     ));
 
@@ -260,7 +265,10 @@ fn weak_keys_are_refused() {
     assert!(der.len() > 600);
     let n_1024 = b64(&[0xc5; 128]);
     let err = ring
-        .import_jwk(&json!({"kty": "RSA", "kid": "old-rsa", "n": n_1024, "e": "AQAB"}))
+        .import_jwk(
+            &json!({"kty": "RSA", "kid": "old-rsa", "n": n_1024, "e": "AQAB"}),
+            &shared_binding(),
+        )
         .expect_err("1024-bit JWK");
     assert!(matches!(err, KeyError::RsaTooSmall { bits: 1024 }), "{err}");
 
@@ -302,15 +310,24 @@ fn public_jwk_import_rules() {
             "short x",
         ),
     ] {
-        assert!(ring.import_jwk(&jwk).is_err(), "{why} accepted");
+        assert!(
+            ring.import_jwk(&jwk, &shared_binding()).is_err(),
+            "{why} accepted"
+        );
     }
     let info = ring
-        .import_jwk(&json!({"kty": "OKP", "crv": "Ed25519", "x": x, "kid": "partner"}))
+        .import_jwk(
+            &json!({"kty": "OKP", "crv": "Ed25519", "x": x, "kid": "partner"}),
+            &shared_binding(),
+        )
         .expect("ok");
     assert!(info.verify_only && !info.active && info.alg == Alg::EdDSA);
     assert_eq!(
-        ring.import_jwk(&json!({"kty": "OKP", "crv": "Ed25519", "x": x, "kid": "partner"}))
-            .expect("again"),
+        ring.import_jwk(
+            &json!({"kty": "OKP", "crv": "Ed25519", "x": x, "kid": "partner"}),
+            &shared_binding()
+        )
+        .expect("again"),
         info
     );
     // Imported keys are not ours to publish.
@@ -329,4 +346,174 @@ fn public_key_pem_is_a_spki_pem() {
     );
     assert!(pem.ends_with("-----END PUBLIC KEY-----\n"));
     assert!(pem.lines().all(|l| l.len() <= 64));
+}
+
+/// Whoever holds a shared secret imported "for verification" must not be able to
+/// mint tokenwatch identities: an imported key verifies only tokens of the issuer it
+/// was bound to, never tokenwatch's own, and its tokens carry no tokenwatch roles.
+#[test]
+fn imported_keys_verify_only_their_own_issuer_and_grant_no_roles() {
+    let f = fixture();
+    let now = unix_now();
+    let admin_claims = |iss: &str| {
+        json!({"iss": iss, "aud": AUD, "sub": "mallory", "exp": now + 600, "iat": now,
+               "jti": format!("j-{iss}"), "roles": ["admin"], "username": "admin"})
+    };
+    // tokenwatch's own issuer, admin role, signed with the shared secret: refused.
+    let forged = craft(&shared_header(), &admin_claims(ISS), SHARED_SECRET);
+    let rej = f
+        .svc
+        .verify(&forged)
+        .expect_err("own issuer via imported key");
+    assert_eq!(rej.reason, Reason::IssuerMismatch, "{}", rej.message);
+    // Any issuer other than the bound one: refused.
+    let other = craft(
+        &shared_header(),
+        &admin_claims("https://elsewhere.test"),
+        SHARED_SECRET,
+    );
+    assert_eq!(
+        f.svc.verify(&other).expect_err("other issuer").reason,
+        Reason::IssuerMismatch
+    );
+    // The bound issuer verifies, marked imported, and its roles claim grants nothing.
+    let partner = f
+        .svc
+        .verify(&craft(
+            &shared_header(),
+            &admin_claims(SHARED_ISS),
+            SHARED_SECRET,
+        ))
+        .expect("bound issuer");
+    assert_eq!(partner.origin, KeyOrigin::Imported);
+    assert_eq!(partner.claims.roles, ["admin"], "the claim is read as sent");
+    assert!(partner.roles().is_empty(), "but vouched for by no one");
+    // Our own tokens keep their roles.
+    let ours = f
+        .svc
+        .issue_access(&AccessRequest {
+            roles: vec!["admin".into()],
+            ..AccessRequest::new("root")
+        })
+        .expect("issue");
+    let ours = f.svc.verify(ours.token.expose()).expect("own token");
+    assert_eq!(
+        (ours.origin, ours.roles()),
+        (KeyOrigin::Own, &["admin".to_string()][..])
+    );
+
+    // Binding a key to tokenwatch's own issuer is refused at import.
+    let err = f
+        .svc
+        .import_hmac(
+            "evil",
+            Alg::HS256,
+            &[7; 32],
+            &IssuerBinding::new(ISS, None).expect("b"),
+        )
+        .expect_err("own issuer");
+    assert!(matches!(err, KeyError::OwnIssuer { .. }), "{err}");
+    assert!(f.svc.keys().iter().all(|k| k.kid != "evil"));
+    assert!(IssuerBinding::new(" ", None).is_err());
+}
+
+#[test]
+fn an_imported_key_with_an_audience_needs_that_audience() {
+    let f = fixture();
+    let now = unix_now();
+    let binding =
+        IssuerBinding::new("https://billing.test", Some("billing-api".into())).expect("b");
+    f.svc
+        .import_hmac("billing", Alg::HS256, SHARED_SECRET, &binding)
+        .expect("import");
+    let hdr = json!({"alg": "HS256", "kid": "billing"});
+    let claims = |aud: &str| {
+        json!({"iss": "https://billing.test", "aud": aud, "sub": "svc", "exp": now + 600,
+               "iat": now, "jti": format!("b-{aud}")})
+    };
+    assert_eq!(
+        f.svc
+            .verify(&craft(&hdr, &claims(AUD), SHARED_SECRET))
+            .expect_err("our aud")
+            .reason,
+        Reason::AudienceMismatch
+    );
+    let ok = f
+        .svc
+        .verify(&craft(&hdr, &claims("billing-api"), SHARED_SECRET))
+        .expect("bound audience");
+    assert_eq!(ok.claims.aud, "billing-api");
+}
+
+/// A key imported before issuer binding existed is loaded but verifies nothing
+/// until it is imported again with an issuer; the rebinding is persisted.
+#[test]
+fn an_unbound_key_from_an_older_data_dir_verifies_nothing_until_reimported() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let keys_dir = dir.path().join("keys");
+    KeyRing::load_or_create(&keys_dir, Alg::ES256).expect("create");
+    // The key file exactly as an older tokenwatch wrote it (format 1, no issuer).
+    let file = keys_dir.join(format!("{SHARED_KID}.json"));
+    let legacy = json!({"format": 1, "kid": SHARED_KID, "alg": "HS256", "created_at": 1,
+                        "retired_at": null, "imported": true, "material": b64(SHARED_SECRET)});
+    fs::write(&file, legacy.to_string()).expect("write");
+    fs::set_permissions(&file, fs::Permissions::from_mode(0o600)).expect("chmod");
+
+    let service = |dir: &std::path::Path| {
+        TokenService::new(
+            KeyRing::load_or_create(dir, Alg::ES256).expect("load"),
+            config(),
+            std::sync::Arc::new(MemoryRevocations::new()),
+            std::sync::Arc::new(MemoryRefreshStore::new()),
+        )
+    };
+    let svc = service(&keys_dir);
+    let info = svc
+        .keys()
+        .into_iter()
+        .find(|k| k.kid == SHARED_KID)
+        .expect("loaded");
+    assert!(info.verify_only && info.binding.is_none());
+    let now = unix_now();
+    for iss in [ISS, SHARED_ISS] {
+        let token = craft(
+            &shared_header(),
+            &with(good_claims(now), "iss", json!(iss)),
+            SHARED_SECRET,
+        );
+        let rej = svc.verify(&token).expect_err("unbound key");
+        assert_eq!(rej.reason, Reason::IssuerMismatch, "{iss}");
+        assert!(rej.message.contains("imported again"), "{}", rej.message);
+    }
+
+    // Re-importing the same secret with an issuer binds it, on disk too.
+    svc.import_hmac(SHARED_KID, Alg::HS256, SHARED_SECRET, &shared_binding())
+        .expect("rebind");
+    let token = craft(&shared_header(), &good_claims(now), SHARED_SECRET);
+    assert!(svc.verify(&token).is_ok());
+    let reloaded = service(&keys_dir);
+    assert_eq!(
+        reloaded
+            .keys()
+            .into_iter()
+            .find(|k| k.kid == SHARED_KID)
+            .expect("key")
+            .binding,
+        Some(shared_binding())
+    );
+    assert!(reloaded.verify(&token).is_ok());
+
+    // A key file edited to bind tokenwatch's own issuer still verifies nothing for it.
+    let body = fs::read_to_string(&file).expect("read");
+    fs::write(&file, body.replace(SHARED_ISS, ISS)).expect("edit");
+    let edited = service(&keys_dir);
+    let own = craft(
+        &shared_header(),
+        &with(good_claims(now), "iss", json!(ISS)),
+        SHARED_SECRET,
+    );
+    assert_eq!(
+        edited.verify(&own).expect_err("edited file").reason,
+        Reason::IssuerMismatch
+    );
 }

@@ -135,8 +135,12 @@ fn revoking_a_refresh_token_ends_its_grant() {
         .expect("issue");
     let access = access_for(&f, &t.family_id);
     assert_eq!(
-        f.svc.revoke_refresh(t.token.expose()).expect("revoke"),
-        Some(t.family_id.clone())
+        f.svc
+            .revoke_refresh(t.token.expose(), None)
+            .expect("revoke"),
+        RefreshRevocation::Revoked {
+            family_id: t.family_id.clone()
+        }
     );
     assert_eq!(
         f.svc.verify(&access).expect_err("revoked").reason,
@@ -146,7 +150,165 @@ fn revoking_a_refresh_token_ends_its_grant() {
         f.svc.rotate_refresh(t.token.expose(), None),
         Err(RefreshError::Revoked)
     ));
-    assert_eq!(f.svc.revoke_refresh("unknown").expect("revoke"), None);
+    assert_eq!(
+        f.svc.revoke_refresh("unknown", None).expect("revoke"),
+        RefreshRevocation::Unknown
+    );
+}
+
+/// RFC 7009 §2.1: a client may revoke only the tokens issued to it.
+#[test]
+fn a_client_cannot_revoke_another_clients_refresh_token() {
+    let f = fixture();
+    let t = f
+        .svc
+        .issue_refresh("alice", None, Some("web"), None, None)
+        .expect("issue");
+    let access = {
+        let mut req = AccessRequest::new("alice");
+        req.session_id = Some(t.family_id.clone());
+        req.client_id = Some("web".into());
+        f.svc
+            .issue_access(&req)
+            .expect("issue")
+            .token
+            .expose()
+            .to_owned()
+    };
+    for other in [Some("mobile"), None] {
+        assert_eq!(
+            f.svc
+                .revoke_refresh(t.token.expose(), other)
+                .expect("revoke"),
+            RefreshRevocation::OtherClient {
+                family_id: t.family_id.clone()
+            }
+        );
+    }
+    assert!(f.svc.verify(&access).is_ok(), "the grant is untouched");
+    assert!(f.svc.rotate_refresh(t.token.expose(), Some("web")).is_ok());
+}
+
+fn grace_fixture(secs: u64) -> Fixture {
+    let mut f = fixture();
+    let mut cfg = config();
+    cfg.refresh_reuse_grace = std::time::Duration::from_secs(secs);
+    let keys = KeyRing::load_or_create(&f.dir.path().join("keys"), Alg::ES256).expect("keys");
+    f.svc = TokenService::new(keys, cfg, f.revocations.clone(), f.refresh.clone());
+    f
+}
+
+/// The honest double submit: within the grace, the just-exchanged token gets the
+/// same new refresh token again (any number of times), and the family lives on.
+#[test]
+fn a_repeat_within_the_grace_gets_the_same_new_token() {
+    let f = grace_fixture(10);
+    let now = unix_now();
+    let first = f
+        .svc
+        .issue_refresh("alice", Some("alice"), Some("web"), None, None)
+        .expect("issue");
+    let access = access_for(&f, &first.family_id);
+    let rotated = f
+        .svc
+        .rotate_refresh_at(first.token.expose(), Some("web"), now)
+        .expect("rotate");
+    assert!(!rotated.grace_repeat);
+    for (i, at) in [now, now + 3, now + 10].into_iter().enumerate() {
+        let again = f
+            .svc
+            .rotate_refresh_at(first.token.expose(), Some("web"), at)
+            .unwrap_or_else(|e| panic!("repeat {i} within the grace: {e:?}"));
+        assert!(again.grace_repeat);
+        assert_eq!(again.refresh.token.expose(), rotated.refresh.token.expose());
+        assert_eq!(again.family_id, rotated.family_id);
+    }
+    assert!(f.svc.verify(&access).is_ok(), "the family is not revoked");
+    // Another client presenting it is still refused, grace or not.
+    assert!(matches!(
+        f.svc
+            .rotate_refresh_at(first.token.expose(), Some("mobile"), now + 1),
+        Err(RefreshError::ClientMismatch)
+    ));
+    // The new token works as usual.
+    let third = f
+        .svc
+        .rotate_refresh_at(rotated.refresh.token.expose(), Some("web"), now + 11)
+        .expect("next rotation");
+    assert!(!third.grace_repeat);
+}
+
+#[test]
+fn reuse_outside_the_grace_or_of_an_older_parent_still_revokes_the_family() {
+    let f = grace_fixture(10);
+    let now = unix_now();
+    // Too late: the window is counted from the exchange and ends after 10 s.
+    let late = f
+        .svc
+        .issue_refresh("alice", None, None, None, None)
+        .expect("issue");
+    let access = access_for(&f, &late.family_id);
+    f.svc
+        .rotate_refresh_at(late.token.expose(), None, now)
+        .expect("rotate");
+    assert!(matches!(
+        f.svc.rotate_refresh_at(late.token.expose(), None, now + 11),
+        Err(RefreshError::Reused { .. })
+    ));
+    assert_eq!(
+        f.svc.verify(&access).expect_err("family revoked").reason,
+        Reason::Revoked
+    );
+
+    // Not the latest parent: A → B → C, then A again, within seconds.
+    let a = f
+        .svc
+        .issue_refresh("bob", None, None, None, None)
+        .expect("issue");
+    let b = f
+        .svc
+        .rotate_refresh_at(a.token.expose(), None, now)
+        .expect("a→b");
+    let c = f
+        .svc
+        .rotate_refresh_at(b.refresh.token.expose(), None, now + 1)
+        .expect("b→c");
+    assert!(matches!(
+        f.svc.rotate_refresh_at(a.token.expose(), None, now + 2),
+        Err(RefreshError::Reused { .. })
+    ));
+    assert!(matches!(
+        f.svc
+            .rotate_refresh_at(c.refresh.token.expose(), None, now + 3),
+        Err(RefreshError::Revoked)
+    ));
+}
+
+#[test]
+fn without_a_grace_an_immediate_repeat_revokes_the_family() {
+    let f = fixture();
+    assert!(
+        f.svc.config().refresh_reuse_grace.is_zero(),
+        "off by default"
+    );
+    let now = unix_now();
+    let t = f
+        .svc
+        .issue_refresh("alice", None, None, None, None)
+        .expect("issue");
+    let rotated = f
+        .svc
+        .rotate_refresh_at(t.token.expose(), None, now)
+        .expect("rotate");
+    assert!(matches!(
+        f.svc.rotate_refresh_at(t.token.expose(), None, now),
+        Err(RefreshError::Reused { .. })
+    ));
+    assert!(matches!(
+        f.svc
+            .rotate_refresh_at(rotated.refresh.token.expose(), None, now),
+        Err(RefreshError::Revoked)
+    ));
 }
 
 #[test]

@@ -25,13 +25,18 @@ fn b64d(s: &str) -> Vec<u8> {
         .expect("b64")
 }
 
+/// The vectors' issuer, bound to the imported keys (it is not our own issuer).
+fn joe() -> IssuerBinding {
+    IssuerBinding::new("joe", Some("any".into())).expect("binding")
+}
+
 fn service_with(import: impl FnOnce(&mut KeyRing)) -> (TokenService, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut keys = KeyRing::load_or_create(&dir.path().join("k"), Alg::ES256).expect("keys");
     import(&mut keys);
     let svc = TokenService::new(
         keys,
-        TokenConfig::new("joe", "any"),
+        TokenConfig::new("tokenwatch", "any"),
         std::sync::Arc::new(MemoryRevocations::new()),
         std::sync::Arc::new(MemoryRefreshStore::new()),
     );
@@ -41,7 +46,7 @@ fn service_with(import: impl FnOnce(&mut KeyRing)) -> (TokenService, tempfile::T
 #[test]
 fn rfc7515_a1_hs256_signature_verifies_then_full_checks_refuse_it() {
     let (svc, _dir) = service_with(|k| {
-        k.import_hmac("rfc7515-a1", Alg::HS256, &b64d(A1_KEY))
+        k.import_hmac("rfc7515-a1", Alg::HS256, &b64d(A1_KEY), &joe())
             .expect("import");
     });
     let payload = svc
@@ -83,16 +88,27 @@ fn rfc7515_a3_es256_signature_verifies() {
     let (svc, _dir) = service_with(|k| {
         k.import_jwk(
             &json!({"kty": "EC", "crv": "P-256", "x": A3_X, "y": A3_Y, "kid": "rfc7515-a3"}),
+            &joe(),
         )
         .expect("import");
     });
+    // The published signature is the high-S one of the pair (r, s) / (r, n − s):
+    // tokenwatch accepts only low S, so the vector itself is refused and its
+    // low-S twin, the same signature mathematically, verifies.
+    assert_eq!(
+        svc.verify_signature_only(A3_TOKEN, "rfc7515-a3")
+            .expect_err("high S")
+            .reason,
+        Reason::BadSignature
+    );
+    let a3_low_s = with_es256_twin(A3_TOKEN);
     let payload = svc
-        .verify_signature_only(A3_TOKEN, "rfc7515-a3")
+        .verify_signature_only(&a3_low_s, "rfc7515-a3")
         .expect("signature");
     assert_eq!(payload, A1_PAYLOAD);
-    let mut sig = b64d(A3_TOKEN.rsplit('.').next().expect("sig"));
+    let mut sig = b64d(a3_low_s.rsplit('.').next().expect("sig"));
     sig[10] ^= 1;
-    let (input, _) = A3_TOKEN.rsplit_once('.').expect("dot");
+    let (input, _) = a3_low_s.rsplit_once('.').expect("dot");
     let forged = format!("{input}.{}", b64(&sig));
     assert_eq!(
         svc.verify_signature_only(&forged, "rfc7515-a3")
@@ -108,7 +124,7 @@ fn rfc7515_a3_es256_signature_verifies() {
         .expect("own key")
         .kid;
     assert_eq!(
-        svc.verify_signature_only(A3_TOKEN, &ours)
+        svc.verify_signature_only(&a3_low_s, &ours)
             .expect_err("other key")
             .reason,
         Reason::BadSignature
@@ -118,7 +134,7 @@ fn rfc7515_a3_es256_signature_verifies() {
 #[test]
 fn rfc7520_4_4_signature_verifies_but_text_payload_is_malformed() {
     let (svc, _dir) = service_with(|k| {
-        k.import_hmac(R7520_KID, Alg::HS256, &b64d(R7520_KEY))
+        k.import_hmac(R7520_KID, Alg::HS256, &b64d(R7520_KEY), &joe())
             .expect("import");
     });
     let payload = svc

@@ -14,6 +14,9 @@ use token_core::*;
 pub const ISS: &str = "https://auth.tokenwatch.test";
 pub const AUD: &str = "tokenwatch-api";
 pub const SHARED_KID: &str = "shared-hs256";
+/// The other issuer the shared secret is bound to: an imported key never verifies
+/// tokens that claim tokenwatch's own issuer (`ISS`).
+pub const SHARED_ISS: &str = "https://partner.tokenwatch.test";
 pub const SHARED_SECRET: &[u8] =
     b"test-only shared secret, 64 bytes long, for HS256 token crafting";
 
@@ -38,7 +41,7 @@ pub fn fixture() -> Fixture {
     let rsa_kid = keys.active_kid().to_owned();
     let es_kid = keys.rotate(Alg::ES256).expect("es256").kid;
     let ed_kid = keys.rotate(Alg::EdDSA).expect("eddsa").kid;
-    keys.import_hmac(SHARED_KID, Alg::HS256, SHARED_SECRET)
+    keys.import_hmac(SHARED_KID, Alg::HS256, SHARED_SECRET, &shared_binding())
         .expect("import");
     let revocations = Arc::new(MemoryRevocations::new());
     let refresh = Arc::new(MemoryRefreshStore::new());
@@ -52,6 +55,11 @@ pub fn fixture() -> Fixture {
         revocations,
         refresh,
     }
+}
+
+/// The shared key's binding: the partner issuer, our audience.
+pub fn shared_binding() -> IssuerBinding {
+    IssuerBinding::new(SHARED_ISS, None).expect("binding")
 }
 
 pub fn b64(bytes: &[u8]) -> String {
@@ -79,9 +87,9 @@ pub fn shared_header() -> Value {
     json!({"alg": "HS256", "typ": "JWT", "kid": SHARED_KID})
 }
 
-/// Claims that pass every check at `now`.
+/// Claims that pass every check at `now` when signed with the shared secret.
 pub fn good_claims(now: i64) -> Value {
-    json!({"iss": ISS, "aud": AUD, "sub": "alice", "exp": now + 600, "iat": now, "jti": "jti-1"})
+    json!({"iss": SHARED_ISS, "aud": AUD, "sub": "alice", "exp": now + 600, "iat": now, "jti": "jti-1"})
 }
 
 pub fn with(mut v: Value, key: &str, value: Value) -> Value {
@@ -94,4 +102,51 @@ pub fn without(mut v: Value, key: &str) -> Value {
         m.remove(key);
     }
     v
+}
+
+/// The order n of the P-256 group, big-endian.
+pub const P256_N: [u8; 32] = [
+    0xff, 0xff, 0xff, 0xff, 0x00, 0x00, 0x00, 0x00, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+    0xbc, 0xe6, 0xfa, 0xad, 0xa7, 0x17, 0x9e, 0x84, 0xf3, 0xb9, 0xca, 0xc2, 0xfc, 0x63, 0x25, 0x51,
+];
+
+/// True when the `s` half of a 64-byte ES256 signature is above n/2, i.e. when
+/// 2·s > n (checked without halving n, so the test does not share the code's constant).
+pub fn es256_s_is_high(sig: &[u8]) -> bool {
+    assert_eq!(sig.len(), 64);
+    // 2·s as a 33-byte big-endian number, compared with n.
+    let mut doubled = [0u8; 33];
+    let mut carry = 0u16;
+    for i in (0..32).rev() {
+        let v = (u16::from(sig[32 + i]) << 1) | carry;
+        doubled[i + 1] = v as u8;
+        carry = v >> 8;
+    }
+    doubled[0] = carry as u8;
+    let mut n = [0u8; 33];
+    n[1..].copy_from_slice(&P256_N);
+    doubled > n
+}
+
+/// `(r, n − s)`: the other valid spelling of an ES256 signature.
+pub fn es256_twin(sig: &[u8]) -> Vec<u8> {
+    assert_eq!(sig.len(), 64);
+    let mut out = sig.to_vec();
+    let mut borrow = 0i16;
+    for i in (0..32).rev() {
+        let mut d = i16::from(P256_N[i]) - i16::from(sig[32 + i]) - borrow;
+        borrow = i16::from(d < 0);
+        if d < 0 {
+            d += 256;
+        }
+        out[32 + i] = d as u8;
+    }
+    out
+}
+
+/// `token` with its signature part replaced by the ES256 twin.
+pub fn with_es256_twin(token: &str) -> String {
+    let (input, sig) = token.rsplit_once('.').expect("dot");
+    let sig = URL_SAFE_NO_PAD.decode(sig).expect("b64 signature");
+    format!("{input}.{}", b64(&es256_twin(&sig)))
 }
