@@ -57,6 +57,17 @@ pub(crate) struct Evidence {
     pub signature: String,
 }
 
+/// The sequence number of the newest `loss` checkpoint (0 if none): heads signed
+/// before it describe history that is gone, so rows are compared only with later ones.
+pub(crate) fn since_loss(files: &[(PathBuf, File)]) -> u64 {
+    files
+        .iter()
+        .filter(|(_, f)| f.body.kind == LOSS)
+        .map(|(_, f)| f.body.seq)
+        .max()
+        .unwrap_or(0)
+}
+
 /// Every folder checkpoints are written to: the primary one first, then the mirrors.
 pub(crate) fn folders(primary: &Path, mirrors: &[PathBuf]) -> Vec<PathBuf> {
     std::iter::once(primary.to_owned())

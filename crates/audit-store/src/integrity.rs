@@ -253,13 +253,7 @@ impl Checker {
             conn.query_row("SELECT coalesce(max(id), 0) FROM events", [], |r| r.get(0))?;
         let public = self.shared.keys.public_key();
         let files = checkpoint::load_all(&self.cfg.checkpoint_dir)?;
-        // Heads signed before a recorded loss describe history that is gone.
-        let since_loss = files
-            .iter()
-            .filter(|(_, f)| f.body.kind == LOSS)
-            .map(|(_, f)| f.body.seq)
-            .max()
-            .unwrap_or(0);
+        let since_loss = checkpoint::since_loss(&files);
         let newest = files
             .into_iter()
             .rev()

@@ -164,12 +164,7 @@ pub fn verify_chain(cfg: &StoreConfig) -> Result<VerifyReport, StoreError> {
     }
     // Checkpoints before the newest recorded loss describe history that is gone.
     report.losses_accepted = files.iter().filter(|(_, f)| f.body.kind == LOSS).count() as u64;
-    let since_loss = files
-        .iter()
-        .filter(|(_, f)| f.body.kind == LOSS)
-        .map(|(_, f)| f.body.seq)
-        .max()
-        .unwrap_or(0);
+    let since_loss = checkpoint::since_loss(&files);
 
     // 2. Retention: the anchor must be covered by a signed prune checkpoint.
     let anchor: Option<(i64, Vec<u8>)> = tx
