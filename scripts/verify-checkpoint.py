@@ -33,7 +33,8 @@ def main() -> None:
     if len(sys.argv) not in (3, 4):
         print(__doc__)
         sys.exit(2)
-    name, key_hash_hex, key_b64 = open(sys.argv[1]).read().strip().split("+")
+    # Only the first two "+" separate: the base64 key may contain "+" itself.
+    name, key_hash_hex, key_b64 = open(sys.argv[1]).read().strip().split("+", 2)
     key = base64.b64decode(key_b64)
     if key[0] != 1 or len(key) != 33:
         fail("the verifier key is not an Ed25519 key")
