@@ -195,8 +195,9 @@ fn is_sequence_name(path: &Path) -> bool {
 }
 
 fn read_evidence(path: &Path, public_key: &[u8]) -> Result<Evidence, StoreError> {
-    let bytes = fs::read(path).map_err(|e| StoreError::io("cannot read checkpoint", path, e))?;
     if path.extension().and_then(|e| e.to_str()) == Some("note") {
+        let bytes =
+            fs::read(path).map_err(|e| StoreError::io("cannot read checkpoint", path, e))?;
         let n = crate::note::parse(path, &bytes, public_key)?;
         return Ok(Evidence {
             path: path.to_owned(),
@@ -204,8 +205,7 @@ fn read_evidence(path: &Path, public_key: &[u8]) -> Result<Evidence, StoreError>
             signature: n.json_signature,
         });
     }
-    let f: File = serde_json::from_slice(&bytes)
-        .map_err(|e| ck_err(path, format!("not a checkpoint file: {e}")))?;
+    let f = read_json(path)?;
     if !signature_ok(public_key, &f) {
         return Err(ck_err(
             path,
@@ -222,34 +222,20 @@ fn read_evidence(path: &Path, public_key: &[u8]) -> Result<Evidence, StoreError>
 /// All checkpoint files in sequence order (unparseable names are ignored; unparseable
 /// contents are an error, since they could hide tampering).
 pub(crate) fn load_all(dir: &Path) -> Result<Vec<(PathBuf, File)>, StoreError> {
-    let rd = match fs::read_dir(dir) {
-        Ok(rd) => rd,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(StoreError::io("cannot list checkpoint directory", dir, e)),
-    };
     let mut out = Vec::new();
-    for ent in rd {
-        let ent = ent.map_err(|e| StoreError::io("cannot list checkpoint directory", dir, e))?;
-        let name = ent.file_name();
-        let Some(name) = name.to_str() else { continue };
-        let Some(stem) = name.strip_suffix(".json") else {
-            continue;
-        };
-        let Some((seq, _kind)) = stem.split_once('-') else {
-            continue;
-        };
-        if seq.parse::<u64>().is_err() {
-            continue;
+    for path in checkpoint_files(dir, true)? {
+        if path.extension().and_then(|e| e.to_str()) == Some("json") {
+            let f = read_json(&path)?;
+            out.push((path, f));
         }
-        let path = ent.path();
-        let text =
-            fs::read(&path).map_err(|e| StoreError::io("cannot read checkpoint", &path, e))?;
-        let f: File = serde_json::from_slice(&text)
-            .map_err(|e| ck_err(&path, format!("not a checkpoint file: {e}")))?;
-        out.push((path, f));
     }
     out.sort_by_key(|(_, f)| f.body.seq);
     Ok(out)
+}
+
+fn read_json(path: &Path) -> Result<File, StoreError> {
+    let bytes = fs::read(path).map_err(|e| StoreError::io("cannot read checkpoint", path, e))?;
+    serde_json::from_slice(&bytes).map_err(|e| ck_err(path, format!("not a checkpoint file: {e}")))
 }
 
 pub(crate) fn signed_bytes(body: &Body) -> Result<Vec<u8>, StoreError> {
@@ -334,7 +320,8 @@ impl Sequence {
 
 /// Write to a temp file, fsync, rename, fsync the directory: a reader never sees half a file.
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
-    let tmp = path.with_extension("tmp");
+    // `<name>.tmp`, not `<stem>.tmp`: a checkpoint's JSON and note share a stem.
+    let tmp = PathBuf::from(format!("{}.tmp", path.display()));
     let mut f = fs::File::create(&tmp).map_err(|e| StoreError::io("cannot create", &tmp, e))?;
     f.write_all(bytes)
         .and_then(|_| f.sync_all())
