@@ -1,15 +1,15 @@
 //! Ingest: other services report their token decisions with a per-source API
 //! key, the events land in the audit trail (hash-chained, seen by detectors);
-//! the README's Python client and Flask helper work against a live server;
 //! `tokenwatch ingest FILE` imports security logs and resumes where it stopped.
+//! The Python client that reports to the API has its own suite
+//! (clients/python/tests, run by tests/tests/python_client.rs).
 
 use std::path::Path;
-use std::process::Command;
 
 use audit_store::{AlertFilter, AuditReader, EventFilter, StoredEvent};
 use serde_json::{json, Value};
 use tokenwatch_e2e::{
-    all_file_bytes, cli, contains, data_dir, http, wait_for, workspace_root, Server,
+    all_file_bytes, cli, contains, data_dir, http, wait_for, Server,
 };
 
 fn add_source(dir: &Path, name: &str) -> String {
@@ -261,117 +261,6 @@ fn sources_report_events_with_per_line_errors_limits_and_revocation() {
     let s = Server::start_with(&dir, &["--config", config.to_str().unwrap()]);
     assert_eq!(post(&s, Some((h, &v)), line).0, 401);
     s.stop();
-}
-
-fn python_has(modules: &str) -> bool {
-    let ok = Command::new("python3")
-        .args(["-c", &format!("import {modules}")])
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    if !ok {
-        assert!(
-            std::env::var("TOKENWATCH_REQUIRE_PYTHON").is_err(),
-            "python3 with {modules} is required (pip install 'pyjwt[crypto]' requests flask)"
-        );
-        eprintln!("SKIP: python3 with {modules} not found");
-    }
-    ok
-}
-
-/// The ```python block that follows `marker` in the README.
-fn readme_python(marker: &str) -> String {
-    let readme = std::fs::read_to_string(workspace_root().join("README.md")).unwrap();
-    let after = &readme[readme.find(marker).expect("marker in README")..];
-    let start = after.find("```python\n").expect("python block") + "```python\n".len();
-    let end = after[start..].find("```").expect("end of block");
-    after[start..start + end].to_string()
-}
-
-const DRIVER: &str = r#"
-import json, sys
-from flask import Flask, g
-good = sys.argv[1]
-bad = good[:-4] + ("AAAA" if not good.endswith("AAAA") else "BBBB")
-out = {"claims": verify_and_report(good, "192.0.2.10", "GET", "/orders")["sub"]}
-try:
-    verify_and_report(bad, "192.0.2.11", "GET", "/orders")
-    out["bad"] = "accepted?!"
-except jwt.InvalidTokenError as e:
-    out["bad"] = type(e).__name__
-app = Flask("orders")
-@app.get("/orders")
-@require_token
-def orders():
-    return {"hello": g.claims["sub"]}
-c = app.test_client()
-out["flask_ok"] = c.get("/orders", headers={"Authorization": "Bearer " + good}).status_code
-out["flask_none"] = c.get("/orders").status_code
-out["flask_bad"] = c.get("/orders", headers={"Authorization": "Bearer " + bad}).status_code
-print(json.dumps(out))
-"#;
-
-#[test]
-fn readme_python_client_and_flask_helper_report_to_a_live_server() {
-    if !python_has("jwt, cryptography, requests, flask") {
-        return;
-    }
-    let (_tmp, dir) = data_dir();
-    std::fs::create_dir_all(&dir).unwrap();
-    let key = add_source(&dir, "py-orders");
-    let issued = cli(
-        &dir,
-        &["token", "issue", "--sub", "carol", "--username", "carol"],
-        "",
-    );
-    assert_eq!(issued.status, 0, "{}", issued.stderr);
-    let token = issued.stdout.trim().to_string();
-    let s = Server::start(&dir);
-
-    let script = format!(
-        "{}\n{}\n{DRIVER}",
-        readme_python("<!-- ingest-python-client"),
-        readme_python("<!-- ingest-flask-helper")
-    );
-    let out = Command::new("python3")
-        .arg("-c")
-        .arg(&script)
-        .arg(&token)
-        .env("TOKENWATCH_URL", &s.base)
-        .env("TOKENWATCH_INGEST_KEY", &key)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let got: Value = serde_json::from_str(stdout.trim()).unwrap();
-    assert_eq!(got["claims"], "carol");
-    assert_eq!(got["bad"], "InvalidSignatureError");
-    assert_eq!(got["flask_ok"], 200);
-    assert_eq!(got["flask_none"], 401);
-    assert_eq!(got["flask_bad"], 401);
-    s.stop();
-
-    let evs = of_source(&dir, "py-orders");
-    let count = |kind: &str, reason: Option<&str>| {
-        evs.iter()
-            .filter(|e| e.kind == kind && e.reason.as_deref() == reason)
-            .count()
-    };
-    assert_eq!(count("token.verified", None), 2, "{evs:?}");
-    assert_eq!(count("token.rejected", Some("bad_signature")), 2, "{evs:?}");
-    assert_eq!(count("access.denied", Some("missing_token")), 1, "{evs:?}");
-    let verified = evs
-        .iter()
-        .find(|e| e.kind == "token.verified" && e.client_ip.as_deref() == Some("192.0.2.10"))
-        .expect("the client's own report");
-    assert_eq!(verified.subject.as_deref(), Some("carol"));
-    assert_eq!(verified.token_fp.as_deref().map(str::len), Some(16));
-    assert_eq!(verified.path.as_deref(), Some("/orders"));
-    assert!(evs.iter().all(|e| !e.detail.to_string().contains(&token)));
 }
 
 #[test]
