@@ -99,8 +99,18 @@ impl Server {
     }
 
     pub fn start_with(data_dir: &Path, extra: &[&str]) -> Server {
-        let mut child = Command::new(binary())
-            .arg("--data-dir")
+        Self::start_customized(data_dir, extra, |_| {})
+    }
+
+    /// As [`Server::start_with`], with a last say over the command (environment,
+    /// where stderr goes, a `pre_exec` hook) before it is spawned.
+    pub fn start_customized(
+        data_dir: &Path,
+        extra: &[&str],
+        customize: impl FnOnce(&mut Command),
+    ) -> Server {
+        let mut cmd = Command::new(binary());
+        cmd.arg("--data-dir")
             .arg(data_dir)
             .arg("serve")
             .args(["--listen", "127.0.0.1:0"])
@@ -109,9 +119,9 @@ impl Server {
             .env("TOKENWATCH_LOG", "info")
             .current_dir(data_dir.parent().unwrap_or(data_dir))
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("starting tokenwatch serve");
+            .stderr(Stdio::null());
+        customize(&mut cmd);
+        let mut child = cmd.spawn().expect("starting tokenwatch serve");
         let stdout = child.stdout.take().expect("stdout is piped");
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
@@ -160,6 +170,13 @@ impl Server {
     /// Stops the server with SIGTERM-like shutdown (kill on non-unix) and waits.
     pub fn stop(mut self) {
         terminate(&mut self.child);
+    }
+
+    /// As [`Server::stop`], and how the process exited (killed after 20 s if
+    /// SIGTERM did not end it).
+    pub fn stop_with_status(mut self) -> std::process::ExitStatus {
+        terminate(&mut self.child);
+        self.child.wait().expect("waiting for tokenwatch")
     }
 
     /// The server's process id, e.g. to sample its memory from `/proc`.

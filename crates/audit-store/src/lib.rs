@@ -61,6 +61,7 @@ mod watch;
 mod writer;
 
 pub use config::{StoreConfig, Synchronous};
+pub use ecs::ECS_VERSION;
 pub use error::StoreError;
 pub use export::{
     rfc3339_us, try_rfc3339_us, ChainRange, Exported, SafeCsv, CSV_ALERT_COLUMNS,

@@ -195,6 +195,9 @@ pub(crate) struct Shared {
     health: Mutex<HealthState>,
     committed: AtomicU64,
     commits: AtomicU64,
+    /// Time of each successful group commit (the transaction, its fsync and the
+    /// file check), for `/metrics`.
+    commit_latency: prom_text::Histogram,
     watch: CommitWatch,
     index: Arc<IndexProgress>,
     pub(crate) integrity: Mutex<IntegrityState>,
@@ -356,6 +359,7 @@ impl AuditStore {
             }),
             committed: AtomicU64::new(0),
             commits: AtomicU64::new(0),
+            commit_latency: prom_text::Histogram::new(prom_text::LATENCY_BOUNDS),
             watch,
             index: Arc::new(IndexProgress::default()),
             integrity: Mutex::default(),
@@ -455,6 +459,11 @@ impl AuditStore {
     /// A reader with its own read-only connection(s).
     pub fn reader(&self) -> Result<AuditReader, StoreError> {
         AuditReader::open(&self.cfg.db_path)
+    }
+
+    /// How long each group commit took (successful ones), in seconds.
+    pub fn commit_latency(&self) -> &prom_text::Histogram {
+        &self.shared.commit_latency
     }
 
     pub fn health(&self) -> Health {
@@ -879,6 +888,7 @@ impl Writer {
                 Err(e) => return self.fail(work, &e),
             }
         }
+        let started = Instant::now();
         match self.apply(&work) {
             Ok((done, next_id, head)) => {
                 self.next_id = next_id;
@@ -890,6 +900,7 @@ impl Writer {
                     return self.refuse(work, &msg);
                 }
                 self.set_health(None);
+                self.shared.commit_latency.observe(started.elapsed());
                 self.after_commit(work, done);
             }
             Err(e) => {
@@ -1004,6 +1015,11 @@ impl Writer {
                     }
                     n_events += ids.len() as u64;
                     last = ids.last().map_or(last, |x| x.0);
+                }
+                (Msg::Alert(a, _), Done::Id(id)) => {
+                    if let Some(log) = &mut self.security_log {
+                        log.add_alert(*id, a);
+                    }
                 }
                 _ => {}
             }

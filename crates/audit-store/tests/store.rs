@@ -874,6 +874,7 @@ fn security_log_has_one_ecs_line_per_committed_event() {
     assert_eq!(l["url"]["path"], "/api/v1/me");
     assert_eq!(l["tokenwatch"]["jti"], "j-9");
     assert_eq!(l["tokenwatch"]["token_fp"], "ab12");
-    assert_eq!(lines[1]["event"]["category"][0], "iam");
+    assert_eq!(lines[1]["event"]["category"][0], "authentication");
+    assert_eq!(lines[1]["event"]["type"][0], "start");
     assert!(lines[1].get("user").is_none());
 }

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -108,6 +108,8 @@ struct Shared {
     entries: Mutex<BTreeMap<PathBuf, Arc<Entry>>>,
     dropped_batches: AtomicU64,
     dropped_events: AtomicU64,
+    /// Id of the last event of the newest batch the worker has processed.
+    processed_id: AtomicI64,
 }
 
 type Reply = Sender<Result<(), HostError>>;
@@ -254,6 +256,12 @@ impl PluginHost {
             return true;
         }
         self.data_tx.send_timeout(batch, timeout).is_ok()
+    }
+
+    /// Id of the newest event the detectors have been run over (0 before the
+    /// first batch): with the store's newest id, how far detection is behind.
+    pub fn processed_id(&self) -> i64 {
+        self.shared.processed_id.load(Ordering::Relaxed)
     }
 
     /// Every plugin file the host knows, sorted by name.
@@ -478,6 +486,7 @@ impl Worker {
                 recv(data_rx) -> batch => {
                     if let Ok(batch) = batch {
                         self.process(&batch);
+                        self.done(&batch);
                     }
                 },
                 default(timeout) => {}
@@ -496,8 +505,15 @@ impl Worker {
         // Committed events already queued still deserve detection.
         while let Ok(batch) = data_rx.try_recv() {
             self.process(&batch);
+            self.done(&batch);
         }
         self.slots.clear();
+    }
+
+    fn done(&self, batch: &[EventRecord]) {
+        if let Some(last) = batch.last() {
+            self.shared.processed_id.store(last.id, Ordering::Relaxed);
+        }
     }
 
     fn entry(&mut self, file: &Path) -> Arc<Entry> {

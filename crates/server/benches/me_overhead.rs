@@ -6,7 +6,9 @@
 //! cargo bench -p tokenwatch --bench me_overhead -- [requests] [in flight]
 //!
 //! Requests are driven `in flight` at a time from one task, so the audit writer commits
-//! them in groups of that size, as it would under load.
+//! them in groups of that size, as it would under load. `audited` is the routes alone;
+//! `timed` adds the request timer `serve` wraps the app in (the latency histograms of
+//! `/metrics`), so the two rows of a round are its cost measured side by side.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
@@ -57,6 +59,13 @@ async fn main() {
     let audited =
         test::init_service(App::new().configure(|cfg| tokenwatch::routes::configure(cfg, &d)))
             .await;
+    let d = data.clone();
+    let timed = test::init_service(
+        App::new()
+            .wrap(tokenwatch::request_timer::RequestTimer::new(d.clone()))
+            .configure(|cfg| tokenwatch::routes::configure(cfg, &d)),
+    )
+    .await;
     let bare =
         test::init_service(App::new().route("/api/v1/me", web::get().to(app::bare_me))).await;
     let req = || {
@@ -68,7 +77,7 @@ async fn main() {
             .to_request()
     };
     for round in 0..3 {
-        for (name, audited_side) in [("bare", false), ("audited", true)] {
+        for name in ["bare", "audited", "timed"] {
             let (allocs, used, threads, t0) = (
                 ALLOCS.load(Ordering::Relaxed),
                 cpu::process_us(),
@@ -79,16 +88,21 @@ async fn main() {
             while done < requests {
                 let n = in_flight.min(requests - done);
                 let reqs: Vec<_> = (0..n).map(|_| req()).collect();
-                let ok = if audited_side {
-                    join_all(reqs.into_iter().map(|r| test::call_service(&audited, r)))
+                let ok = match name {
+                    "audited" => {
+                        join_all(reqs.into_iter().map(|r| test::call_service(&audited, r)))
+                            .await
+                            .iter()
+                            .all(|r| r.status().is_success())
+                    }
+                    "timed" => join_all(reqs.into_iter().map(|r| test::call_service(&timed, r)))
                         .await
                         .iter()
-                        .all(|r| r.status().is_success())
-                } else {
-                    join_all(reqs.into_iter().map(|r| test::call_service(&bare, r)))
+                        .all(|r| r.status().is_success()),
+                    _ => join_all(reqs.into_iter().map(|r| test::call_service(&bare, r)))
                         .await
                         .iter()
-                        .all(|r| r.status().is_success())
+                        .all(|r| r.status().is_success()),
                 };
                 assert!(ok, "a request was refused");
                 done += n;
@@ -103,7 +117,7 @@ async fn main() {
                 cpu::per_request(&by_thread, n),
                 (ALLOCS.load(Ordering::Relaxed) - allocs) as f64 / n,
             );
-            if audited_side {
+            if name != "bare" {
                 // Outside the window: the next bare round must not pay for it.
                 data.store.index_now().expect("index catch-up");
             }

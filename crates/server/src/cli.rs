@@ -41,6 +41,9 @@ pub struct Cli {
         value_delimiter = ':'
     )]
     pub checkpoint_mirrors: Vec<PathBuf>,
+    /// Log lines as `text` (default) or `json` (one object per line).
+    #[arg(long, global = true, env = "TOKENWATCH_LOG_FORMAT", value_enum)]
+    pub log_format: Option<crate::logging::LogFormat>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -342,6 +345,7 @@ pub fn settings(cli: &Cli, serve: Option<&ServeArgs>) -> Result<Settings> {
         checkpoint_dir: cli.checkpoint_dir.clone(),
         checkpoint_mirrors: (!cli.checkpoint_mirrors.is_empty())
             .then(|| cli.checkpoint_mirrors.clone()),
+        log_format: cli.log_format,
     };
     Ok(Settings::resolve(file, &overrides)?)
 }

@@ -42,6 +42,8 @@ pub struct FileConfig {
     pub leeway_secs: Option<u64>,
     pub max_token_bytes: Option<usize>,
     pub log_level: Option<String>,
+    /// `"text"` (default) or `"json"`: one JSON object per log line.
+    pub log_format: Option<crate::logging::LogFormat>,
     #[serde(default)]
     pub audit: AuditFileConfig,
     #[serde(default)]
@@ -186,6 +188,7 @@ pub struct Settings {
     pub leeway: Duration,
     pub max_token_bytes: usize,
     pub log_level: String,
+    pub log_format: crate::logging::LogFormat,
     pub audit_synchronous: audit_store::Synchronous,
     pub audit_retention: Option<Duration>,
     pub checkpoint_interval: Duration,
@@ -219,6 +222,7 @@ pub struct Overrides {
     pub checkpoint_dir: Option<PathBuf>,
     /// Replaces the file's list when given.
     pub checkpoint_mirrors: Option<Vec<PathBuf>>,
+    pub log_format: Option<crate::logging::LogFormat>,
 }
 
 impl Settings {
@@ -346,6 +350,7 @@ impl Settings {
             leeway: Duration::from_secs(file.leeway_secs.unwrap_or(5)),
             max_token_bytes: file.max_token_bytes.unwrap_or(8 * 1024),
             log_level: file.log_level.unwrap_or_else(|| "info".into()),
+            log_format: cli.log_format.or(file.log_format).unwrap_or_default(),
             audit_synchronous,
             audit_retention,
             integrity_check_interval,
@@ -447,5 +452,28 @@ mod tests {
             err.contains("refresh_reuse_grace_secs") && err.contains("at most 60"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn log_format_comes_from_the_file_unless_the_command_line_says_otherwise() {
+        use crate::logging::LogFormat;
+        let resolve = |text: &str, cli: Option<LogFormat>| {
+            let file: FileConfig = toml::from_str(text).unwrap();
+            let o = Overrides {
+                log_format: cli,
+                ..Overrides::default()
+            };
+            Settings::resolve(file, &o).unwrap().log_format
+        };
+        assert_eq!(resolve("", None), LogFormat::Text);
+        assert_eq!(resolve("log_format = \"json\"", None), LogFormat::Json);
+        assert_eq!(
+            resolve("log_format = \"json\"", Some(LogFormat::Text)),
+            LogFormat::Text
+        );
+        let err = toml::from_str::<FileConfig>("log_format = \"xml\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("xml") && err.contains("json"), "{err}");
     }
 }

@@ -2,11 +2,12 @@
 //! the store to the plugin host, alerts and plugin lifecycle changes go back
 //! into the store. Nothing here is on the request path.
 
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use audit_store::{kinds, AuditReader, AuditStore, AuditWriter, NewAlert, NewEvent, Outcome};
@@ -34,6 +35,7 @@ const FEED_BATCH: usize = 4096;
 /// The running detection pipeline; dropping it stops the feeder, then the host.
 pub struct Detection {
     host: Arc<PluginHost>,
+    progress: Arc<Progress>,
     suppressed: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
     feeder: Option<JoinHandle<()>>,
@@ -76,17 +78,23 @@ impl Detection {
             )
         })?);
         let stop = Arc::new(AtomicBool::new(false));
+        let progress = Arc::new(Progress {
+            watch: store.committed_watch(),
+            start_after,
+            stamps: Mutex::default(),
+        });
         let feeder = std::thread::Builder::new()
             .name("tokenwatch-detector-feed".into())
             .spawn({
                 let host = host.clone();
                 let stop = stop.clone();
-                let watch = store.committed_watch();
-                move || feed(reader, watch, &host, &stop, start_after)
+                let progress = progress.clone();
+                move || feed(reader, &progress, &host, &stop)
             })
             .context("starting the detector feeder thread")?;
         Ok(Detection {
             host,
+            progress,
             suppressed,
             stop,
             feeder: Some(feeder),
@@ -104,7 +112,60 @@ impl Detection {
             "# HELP tokenwatch_alerts_suppressed_total Alerts not raised because an analyst exception covers them.\n# TYPE tokenwatch_alerts_suppressed_total counter\ntokenwatch_alerts_suppressed_total {}\n",
             self.suppressed.load(Ordering::Relaxed)
         ));
+        let processed = self.progress.processed(&self.host);
+        let latest = self.progress.watch.latest();
+        text.push_str(&format!(
+            "# HELP tokenwatch_detection_backlog_events Committed audit events the detectors have not processed yet.\n# TYPE tokenwatch_detection_backlog_events gauge\ntokenwatch_detection_backlog_events {}\n",
+            (latest - processed).max(0)
+        ));
+        text.push_str(&format!(
+            "# HELP tokenwatch_detection_lag_seconds How long the oldest committed event the detectors have not processed has been waiting (0 when caught up).\n# TYPE tokenwatch_detection_lag_seconds gauge\ntokenwatch_detection_lag_seconds {:.3}\n",
+            self.progress.lag(processed, latest).as_secs_f64()
+        ));
         text
+    }
+}
+
+/// How far detection is behind the record, for `/metrics`.
+struct Progress {
+    watch: audit_store::CommitWatch,
+    /// The newest event when the server started: detection begins after it.
+    start_after: i64,
+    /// (newest committed id, when the feeder first saw it), oldest first, only
+    /// for ids the detectors have not processed: the front dates the backlog.
+    stamps: Mutex<VecDeque<(i64, Instant)>>,
+}
+
+/// Enough to date a backlog the feeder looks at every 250 ms for minutes; when
+/// full, newer ids wait for room, so the front (the age that matters) stays.
+const MAX_STAMPS: usize = 4096;
+
+impl Progress {
+    fn processed(&self, host: &PluginHost) -> i64 {
+        host.processed_id().max(self.start_after)
+    }
+
+    /// Called by the feeder whenever it looks at the store.
+    fn saw(&self, processed: i64) {
+        let latest = self.watch.latest();
+        let mut q = self.stamps.lock().unwrap_or_else(|p| p.into_inner());
+        while q.front().is_some_and(|&(id, _)| id <= processed) {
+            q.pop_front();
+        }
+        let newest = q.back().map_or(processed, |&(id, _)| id);
+        if latest > newest && q.len() < MAX_STAMPS {
+            q.push_back((latest, Instant::now()));
+        }
+    }
+
+    fn lag(&self, processed: i64, latest: i64) -> Duration {
+        if processed >= latest {
+            return Duration::ZERO;
+        }
+        let q = self.stamps.lock().unwrap_or_else(|p| p.into_inner());
+        q.iter()
+            .find(|&&(id, _)| id > processed)
+            .map_or(Duration::ZERO, |&(_, seen)| seen.elapsed())
     }
 }
 
@@ -170,16 +231,14 @@ fn copy_atomically(src: &Path, dst: &Path) -> Result<()> {
 
 /// Reads committed events in id order and hands them to the host. It waits
 /// for room rather than skipping, so every event reaches the detectors.
-fn feed(
-    reader: AuditReader,
-    watch: audit_store::CommitWatch,
-    host: &PluginHost,
-    stop: &AtomicBool,
-    mut cursor: i64,
-) {
+fn feed(reader: AuditReader, progress: &Progress, host: &PluginHost, stop: &AtomicBool) {
+    let mut cursor = progress.start_after;
     while !stop.load(Ordering::Relaxed) {
-        watch.wait_for_commit_after(cursor, Duration::from_millis(250));
+        progress
+            .watch
+            .wait_for_commit_after(cursor, Duration::from_millis(250));
         loop {
+            progress.saw(progress.processed(host));
             let events = match reader.events_after(cursor, FEED_BATCH) {
                 Ok(events) => events,
                 Err(e) => {
@@ -196,6 +255,7 @@ fn feed(
                 if stop.load(Ordering::Relaxed) {
                     return;
                 }
+                progress.saw(progress.processed(host));
             }
             cursor = last;
         }

@@ -178,6 +178,9 @@ pub fn ingest(settings: &Settings, args: IngestArgs) -> Result<()> {
             let result = parsed
                 .map_err(|e| format!("invalid JSON: {e}"))
                 .and_then(|v| {
+                    if v["event"]["kind"] == "alert" {
+                        return Err("an alert line (event.kind: alert) of a security log: alerts are raised by the detectors here, not imported as events".to_string());
+                    }
                     let now = now_us();
                     parse_value(map_log_line(v), &args.source, KindPolicy::AnyKnown, now)
                         .and_then(|ev| within_retention(ev, settings.audit_retention, now))

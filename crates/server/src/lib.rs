@@ -22,6 +22,7 @@ pub mod metrics;
 pub mod oauth;
 pub mod passwords;
 pub mod request_meta;
+pub mod request_timer;
 pub mod response;
 pub mod routes;
 pub mod serve;
@@ -58,7 +59,7 @@ fn run(cli: cli::Cli) -> anyhow::Result<()> {
     };
     let settings = cli::settings(&cli, serve_args)?;
     if serve_args.is_none() {
-        let _ = logging::init(None, "warn");
+        let _ = logging::init(None, "warn", settings.log_format);
     }
     match cli.command {
         Command::Serve(a) => serve::run(settings, a.demo),

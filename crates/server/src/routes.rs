@@ -99,7 +99,9 @@ async fn metrics(data: Data) -> HttpResponse {
         .as_ref()
         .map(|d| d.metrics_text())
         .unwrap_or_default();
-    let extra = plugins + &data.forward.metrics_text();
+    let extra = crate::metrics::commit_latency_text(data.store.commit_latency())
+        + &plugins
+        + &data.forward.metrics_text();
     let text = data.metrics.render(&data.store.health(), &extra);
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")

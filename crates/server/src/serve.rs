@@ -59,7 +59,11 @@ pub fn run(mut settings: Settings, demo: bool) -> Result<()> {
         }
     }
     let lock = DataDirLock::acquire(&settings.data_dir)?;
-    let _log_guard = crate::logging::init(Some(&settings.data_dir), &settings.log_level);
+    let _log_guard = crate::logging::init(
+        Some(&settings.data_dir),
+        &settings.log_level,
+        settings.log_format,
+    );
     let data = open_app_state_with(&settings, true)?;
     let store = data.store.clone();
     spawn_housekeeping(data.state.clone());
@@ -80,6 +84,8 @@ pub fn run(mut settings: Settings, demo: bool) -> Result<()> {
                         "default-src 'none'; frame-ancestors 'none'",
                     )),
             )
+            // Outermost, so every answer is timed, refusals by the others included.
+            .wrap(crate::request_timer::RequestTimer::new(app_data.clone()))
             .configure(|cfg| crate::routes::configure(cfg, &app_data))
     })
     .bind(settings.listen)
