@@ -8,9 +8,7 @@ use std::path::Path;
 
 use audit_store::{AlertFilter, AuditReader, EventFilter, StoredEvent};
 use serde_json::{json, Value};
-use tokenwatch_e2e::{
-    all_file_bytes, cli, contains, data_dir, http, wait_for, Server,
-};
+use tokenwatch_e2e::{all_file_bytes, cli, contains, data_dir, http, wait_for, Server};
 
 fn add_source(dir: &Path, name: &str) -> String {
     let out = cli(dir, &["sources", "add", name], "");

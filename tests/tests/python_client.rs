@@ -42,8 +42,5 @@ fn python_package_test_suite() {
     eprintln!("{stderr}");
     assert!(out.status.success(), "the Python package's tests failed");
     let summary = stdout.lines().last().unwrap_or_default();
-    assert!(
-        summary.contains(" passed"),
-        "pytest ran no test: {summary}"
-    );
+    assert!(summary.contains(" passed"), "pytest ran no test: {summary}");
 }

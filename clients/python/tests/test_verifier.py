@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import hmac
 import json
 import time
 import urllib.error
@@ -13,6 +14,7 @@ from typing import Any, Dict, Iterator
 
 import jwt
 import pytest
+from cryptography.hazmat.primitives import serialization
 from local_jwks import LocalIssuer, flip_s
 
 from tokenwatch import ConfigurationError, InvalidToken, KeysUnavailable, Verifier
@@ -69,9 +71,13 @@ def test_tampered_and_forged_tokens_are_refused_with_tokenwatchs_reasons(tw: Any
     assert status_at_tokenwatch(tw.server.url("/api/v1/me"), twin) == 401
 
     header = jwt.get_unverified_header(token)
-    # Algorithm confusion: HS256 keyed with the public key's text, with the real kid.
-    jwk = urllib.request.urlopen(tw.server.url("/.well-known/jwks.json")).read()
-    confused = jwt.encode(claims, jwk, algorithm="HS256", headers={"kid": header["kid"]})
+    # Algorithm confusion: HS256 keyed with the public key's PEM, with the real kid
+    # (made by hand: PyJWT itself refuses to sign with a public key as HMAC secret).
+    pem = Verifier(tw.server.base, issuer=tw.server.issuer).jwks.get(header["kid"]).key.public_bytes(  # type: ignore[union-attr]
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    signing_input = f"{b64({'alg': 'HS256', 'kid': header['kid']})}.{payload}"
+    mac = hmac.new(pem, signing_input.encode(), hashlib.sha256).digest()
+    confused = signing_input + "." + base64.urlsafe_b64encode(mac).rstrip(b"=").decode()
     assert refused(v, confused).reason == "alg_not_allowed"
     assert refused(v, f"{b64({'alg': 'none', 'kid': header['kid']})}.{payload}.").reason == "alg_not_allowed"
     assert refused(v, f"{b64({'alg': 'ES256', 'kid': 'no-such-key'})}.{payload}.{sig}").reason == "unknown_kid"

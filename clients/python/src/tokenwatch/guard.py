@@ -18,8 +18,9 @@ fail-closed reporting cannot record         503     (``Retry-After``)
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass, field
-from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from . import _http
 from .errors import InsufficientScope, InvalidToken, KeysUnavailable, ReportingUnavailable
@@ -53,6 +54,16 @@ class Refusal:
 
 def _quote(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+# WSGI servers join repeated headers with ", ": "Bearer a, Bearer b". A comma
+# followed by an auth scheme and a space starts another credential (a token has no comma).
+_JOINED = re.compile(r",\s*(?=[A-Za-z][A-Za-z0-9!#$%&'*+.^_`|~-]*\s)")
+
+
+def split_credentials(values: Sequence[str]) -> List[str]:
+    """Every credential in the ``Authorization`` values, also when joined into one."""
+    return [part for v in values for part in _JOINED.split(v)]
 
 
 def bearer_token(values: Sequence[str]) -> Optional[str]:
@@ -105,9 +116,10 @@ class Guard:
     ) -> Union[VerifiedToken, Refusal]:
         """The verified token when the request may go on, else the :class:`Refusal` to send."""
         seen: Dict[str, Any] = dict(method=req.method, path=req.path, client_ip=req.client_ip, user_agent=req.user_agent)
-        if len(req.authorization) > 1:
+        credentials = split_credentials(req.authorization)
+        if len(credentials) > 1:
             return self._deny(seen, "duplicate_authorization", 400, "invalid_request", "duplicate_authorization")
-        token = bearer_token(req.authorization)
+        token = bearer_token(credentials)
         if token is None:
             return self._deny(seen, "missing_token", 401, None, "a bearer token is required")
         try:

@@ -271,6 +271,10 @@ class Reporter:
         flush or a close; ``None`` when closed and nothing is left."""
         with self._cond:
             while True:
+                if self._deadline is not None and time.monotonic() >= self._deadline and self._buffer:
+                    self._counts["dropped_at_shutdown"] += len(self._buffer)
+                    log.error("tokenwatch reporter: %d events undelivered at shutdown", len(self._buffer))
+                    self._buffer.clear()
                 if self._buffer and (
                     self._closing
                     or self._flush_now
@@ -320,23 +324,24 @@ class Reporter:
                 continue
             # Retry the same part after a backoff, unless shutting down past the deadline.
             pending.append(part)
-            delay = wait if wait is not None else min(self.backoff_max, self.backoff_initial * 2**attempt)
+            delay = wait if wait is not None else min(self.backoff_max, self.backoff_initial * 2 ** min(attempt, 30))
             delay *= random.uniform(0.5, 1.0) if wait is None else 1.0
             attempt += 1
             with self._cond:
                 end = time.monotonic() + delay
-                if self._deadline is not None:
-                    end = min(end, self._deadline)
-                while time.monotonic() < end:
-                    self._cond.wait(end - time.monotonic())
-                    if self._deadline is not None and time.monotonic() >= self._deadline:
+                while True:
+                    now = time.monotonic()
+                    if self._deadline is not None and now >= self._deadline:
+                        lost = sum(len(p) for p in pending) + len(self._buffer)
+                        self._buffer.clear()
+                        self._counts["dropped_at_shutdown"] += lost
+                        log.error("tokenwatch reporter: %d events undelivered at shutdown", lost)
+                        return
+                    if self._closing:  # shutting down: retry often until the deadline
+                        end = min(end, now + 0.2, self._deadline or end)
+                    if now >= end:
                         break
-                if self._deadline is not None and time.monotonic() >= self._deadline:
-                    lost = sum(len(p) for p in pending) + len(self._buffer)
-                    self._buffer.clear()
-                    self._counts["dropped_at_shutdown"] += lost
-                    log.error("tokenwatch reporter: %d events undelivered at shutdown", lost)
-                    return
+                    self._cond.wait(end - now)
                 self._counts["retries"] += 1
 
     def _send_once(self, batch: List[Dict[str, Any]]) -> Tuple[str, Optional[float]]:
