@@ -33,8 +33,8 @@ fn main() {
     }
     let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
     // "rustc 1.89.0 (29483883e 2025-08-04)" -> "1.89.0"
-    if let Some(v) = run(&rustc, &["--version"])
-        .and_then(|v| v.split_whitespace().nth(1).map(str::to_string))
+    if let Some(v) =
+        run(&rustc, &["--version"]).and_then(|v| v.split_whitespace().nth(1).map(str::to_string))
     {
         println!("cargo:rustc-env=TOKENWATCH_BUILD_RUSTC={v}");
     }

@@ -46,8 +46,8 @@ fn run(cmd: &mut Command, stdin: &str) -> (bool, String) {
         .write_all(stdin.as_bytes())
         .unwrap();
     let out = child.wait_with_output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned()
-        + &String::from_utf8_lossy(&out.stderr);
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     (out.status.success(), text)
 }
 
@@ -70,7 +70,9 @@ fn metric_names(expr: &str) -> BTreeSet<String> {
             continue;
         }
         let start = i;
-        while i < chars.len() && (chars[i].is_ascii_alphanumeric() || chars[i] == '_' || chars[i] == ':') {
+        while i < chars.len()
+            && (chars[i].is_ascii_alphanumeric() || chars[i] == '_' || chars[i] == ':')
+        {
             i += 1;
         }
         let word: String = chars[start..i].iter().collect();
@@ -126,7 +128,9 @@ fn dashboard_queries() -> Vec<String> {
             );
         }
     }
-    let var = dash["templating"]["list"][0]["query"]["query"].as_str().unwrap();
+    let var = dash["templating"]["list"][0]["query"]["query"]
+        .as_str()
+        .unwrap();
     // label_values(METRIC, label) is Grafana's, not PromQL: check its metric only.
     let inner = var
         .strip_prefix("label_values(")
@@ -183,10 +187,17 @@ fn write_config(dir: &Path) -> PathBuf {
 /// One request of every route family, so each histogram has an observation.
 fn exercise(s: &Server) {
     let c = http();
-    let pw = s.admin_password.clone().expect("first start prints a password");
+    let pw = s
+        .admin_password
+        .clone()
+        .expect("first start prints a password");
     let token: Value = c
         .post(s.url("/oauth/token"))
-        .form(&[("grant_type", "password"), ("username", "admin"), ("password", &pw)])
+        .form(&[
+            ("grant_type", "password"),
+            ("username", "admin"),
+            ("password", &pw),
+        ])
         .send()
         .unwrap()
         .json()
@@ -198,13 +209,20 @@ fn exercise(s: &Server) {
         .send()
         .unwrap();
     assert_eq!(me.status(), 200);
-    let refused = c.get(s.url("/api/v1/me")).bearer_auth("x.y.z").send().unwrap();
+    let refused = c
+        .get(s.url("/api/v1/me"))
+        .bearer_auth("x.y.z")
+        .send()
+        .unwrap();
     assert_eq!(refused.status(), 401);
     let ingest = c.post(s.url("/api/v1/events")).body("[]").send().unwrap();
     assert_eq!(ingest.status(), 401, "no ingest key");
     c.get(s.url("/admin/")).send().unwrap();
     assert_eq!(
-        c.get(s.url("/.well-known/jwks.json")).send().unwrap().status(),
+        c.get(s.url("/.well-known/jwks.json"))
+            .send()
+            .unwrap()
+            .status(),
         200
     );
     assert_eq!(c.get(s.url("/healthz")).send().unwrap().status(), 200);
@@ -237,15 +255,24 @@ fn live_metrics_pass_promtool_and_the_dashboard_and_rules_use_only_exposed_metri
         assert!(n >= 1.0, "no {family} request timed");
     }
     assert_eq!(
-        sample(&metrics, "tokenwatch_http_responses_total{family=\"api\",code=\"2xx\"}"),
+        sample(
+            &metrics,
+            "tokenwatch_http_responses_total{family=\"api\",code=\"2xx\"}"
+        ),
         1.0
     );
     assert_eq!(
-        sample(&metrics, "tokenwatch_http_responses_total{family=\"api\",code=\"4xx\"}"),
+        sample(
+            &metrics,
+            "tokenwatch_http_responses_total{family=\"api\",code=\"4xx\"}"
+        ),
         1.0
     );
     assert_eq!(
-        sample(&metrics, "tokenwatch_http_responses_total{family=\"other\",code=\"4xx\"}"),
+        sample(
+            &metrics,
+            "tokenwatch_http_responses_total{family=\"other\",code=\"4xx\"}"
+        ),
         1.0
     );
     assert!(sample(&metrics, "tokenwatch_audit_commit_duration_seconds_count") >= 1.0);
@@ -253,18 +280,27 @@ fn live_metrics_pass_promtool_and_the_dashboard_and_rules_use_only_exposed_metri
         &metrics,
         "tokenwatch_audit_commit_duration_seconds_bucket{le=\"+Inf\"}",
     );
-    assert_eq!(inf, sample(&metrics, "tokenwatch_audit_commit_duration_seconds_count"));
+    assert_eq!(
+        inf,
+        sample(&metrics, "tokenwatch_audit_commit_duration_seconds_count")
+    );
     sample(&metrics, "tokenwatch_detection_backlog_events");
     sample(&metrics, "tokenwatch_detection_lag_seconds");
     sample(&metrics, "tokenwatch_audit_queue_depth");
-    sample(&metrics, "tokenwatch_forward_backlog{forwarder=\"siem\",stream=\"events\"}");
+    sample(
+        &metrics,
+        "tokenwatch_forward_backlog{forwarder=\"siem\",stream=\"events\"}",
+    );
 
     let names = exposed(&metrics);
     for q in dashboard_queries() {
         let used = metric_names(&q);
         assert!(!used.is_empty(), "dashboard query names no metric: {q}");
         for m in used {
-            assert!(names.contains(&m), "the dashboard uses {m}, which /metrics does not expose ({q})");
+            assert!(
+                names.contains(&m),
+                "the dashboard uses {m}, which /metrics does not expose ({q})"
+            );
         }
     }
     for q in rule_exprs() {
@@ -279,7 +315,10 @@ fn live_metrics_pass_promtool_and_the_dashboard_and_rules_use_only_exposed_metri
 
     let Some(promtool) = promtool() else { return };
     let (ok, out) = run(Command::new(&promtool).args(["check", "metrics"]), &metrics);
-    assert!(ok && out.trim().is_empty(), "promtool check metrics:\n{out}");
+    assert!(
+        ok && out.trim().is_empty(),
+        "promtool check metrics:\n{out}"
+    );
 
     // The dashboard's queries as recording rules: promtool parses each one.
     let tmp = tempfile::tempdir().unwrap();
@@ -310,11 +349,16 @@ fn alert_rules_pass_promtool_check_and_their_unit_tests() {
             .arg(rules_file()),
         "",
     );
-    assert!(ok && out.contains("SUCCESS"), "promtool check rules:\n{out}");
+    assert!(
+        ok && out.contains("SUCCESS"),
+        "promtool check rules:\n{out}"
+    );
     let (ok, out) = run(
-        Command::new(&promtool)
-            .current_dir(&dir)
-            .args(["test", "rules", "tokenwatch.rules.test.yml"]),
+        Command::new(&promtool).current_dir(&dir).args([
+            "test",
+            "rules",
+            "tokenwatch.rules.test.yml",
+        ]),
         "",
     );
     assert!(ok, "promtool test rules:\n{out}");

@@ -22,7 +22,9 @@ fn systemd_analyze() -> bool {
         if std::env::var("TOKENWATCH_REQUIRE_SYSTEMD").as_deref() == Ok("1") {
             panic!("systemd-analyze is required (TOKENWATCH_REQUIRE_SYSTEMD=1) but not installed: apt-get install systemd");
         }
-        eprintln!("SKIPPED systemd unit checks: systemd-analyze not found (Debian package `systemd`)");
+        eprintln!(
+            "SKIPPED systemd unit checks: systemd-analyze not found (Debian package `systemd`)"
+        );
     }
     found
 }
@@ -30,8 +32,8 @@ fn systemd_analyze() -> bool {
 /// The shipped unit with its ExecStart pointing at the binary under test
 /// (verify refuses a unit whose program does not exist).
 fn unit_under_test(dir: &Path) -> std::path::PathBuf {
-    let text =
-        std::fs::read_to_string(workspace_root().join("deploy/systemd/tokenwatch.service")).unwrap();
+    let text = std::fs::read_to_string(workspace_root().join("deploy/systemd/tokenwatch.service"))
+        .unwrap();
     assert!(text.contains("ExecStart=/opt/tokenwatch/tokenwatch "));
     let text = text.replace(
         "ExecStart=/opt/tokenwatch/tokenwatch ",
@@ -61,7 +63,10 @@ fn the_systemd_unit_verifies_cleanly_and_is_rated_hardened() {
         .lines()
         .filter(|l| l.contains("tokenwatch.service"))
         .collect();
-    assert!(out.status.success() && own.is_empty(), "systemd-analyze verify:\n{stderr}");
+    assert!(
+        out.status.success() && own.is_empty(),
+        "systemd-analyze verify:\n{stderr}"
+    );
 
     // The same check catches a broken directive: it would not pass vacuously.
     let broken = tmp.path().join("broken");
@@ -87,7 +92,12 @@ fn the_systemd_unit_verifies_cleanly_and_is_rated_hardened() {
     let line = text
         .lines()
         .find(|l| l.contains("Overall exposure level"))
-        .unwrap_or_else(|| panic!("no rating in:\n{text}{}", String::from_utf8_lossy(&out.stderr)));
+        .unwrap_or_else(|| {
+            panic!(
+                "no rating in:\n{text}{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
     let score: f64 = line
         .split(':')
         .nth(1)
@@ -160,7 +170,10 @@ fn every_builtin_detector_loads_under_memory_deny_write_execute() {
 /// Starts the server with stderr in a file, makes a request, stops it with
 /// SIGTERM; returns (exit success, stderr text, text of data/logs/*).
 fn run_and_stop(dir: &Path, env: &[(&str, &str)]) -> (bool, String, String) {
-    let err_path = dir.parent().unwrap().join(format!("stderr-{}.txt", env.len()));
+    let err_path = dir
+        .parent()
+        .unwrap()
+        .join(format!("stderr-{}.txt", env.len()));
     let err_file = std::fs::File::create(&err_path).unwrap();
     let s = Server::start_customized(dir, &[], |cmd| {
         cmd.stderr(Stdio::from(err_file));
@@ -168,7 +181,10 @@ fn run_and_stop(dir: &Path, env: &[(&str, &str)]) -> (bool, String, String) {
             cmd.env(k, v);
         }
     });
-    assert_eq!(http().get(s.url("/api/v1/me")).send().unwrap().status(), 401);
+    assert_eq!(
+        http().get(s.url("/api/v1/me")).send().unwrap().status(),
+        401
+    );
     let status = s.stop_with_status();
     let stderr = std::fs::read_to_string(&err_path).unwrap();
     let mut files = String::new();
@@ -204,10 +220,15 @@ fn sigterm_stops_cleanly_and_logs_have_no_colour_off_a_terminal_or_are_json() {
     let (ok, stderr, files) = run_and_stop(&dir, &[]);
     assert!(ok, "{stderr}");
     assert!(stderr.contains("tokenwatch serving"), "{stderr}");
-    assert!(!stderr.contains('\u{1b}'), "colour codes in piped stderr:\n{stderr:?}");
+    assert!(
+        !stderr.contains('\u{1b}'),
+        "colour codes in piped stderr:\n{stderr:?}"
+    );
     assert!(!files.contains('\u{1b}'), "colour codes in the log file");
     assert!(
-        stderr.lines().all(|l| serde_json::from_str::<Value>(l).is_err()),
+        stderr
+            .lines()
+            .all(|l| serde_json::from_str::<Value>(l).is_err()),
         "text is the default"
     );
 }

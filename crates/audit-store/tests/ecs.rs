@@ -34,7 +34,10 @@ fn ecs_fields() -> BTreeMap<String, EcsField> {
     let mut out = BTreeMap::new();
     for row in rd.records() {
         let row = row.unwrap();
-        assert_eq!(&row[0], ECS_VERSION, "fields.csv is from another ECS release");
+        assert_eq!(
+            &row[0], ECS_VERSION,
+            "fields.csv is from another ECS release"
+        );
         out.insert(
             row[3].to_string(),
             EcsField {
@@ -81,10 +84,7 @@ fn template_mappings() -> BTreeMap<String, String> {
                 // Multi-fields (user.name.text) are mappings of their own.
                 if let Some(fields) = m.get("fields") {
                     for (sub, sm) in fields.as_object().unwrap() {
-                        out.insert(
-                            format!("{name}.{sub}"),
-                            sm["type"].as_str().unwrap().into(),
-                        );
+                        out.insert(format!("{name}.{sub}"), sm["type"].as_str().unwrap().into());
                     }
                 }
             }
@@ -98,7 +98,12 @@ fn template_mappings() -> BTreeMap<String, String> {
 }
 
 /// Leaf fields of one line; the walk stops at a field mapped `flattened`.
-fn leaves(prefix: &str, v: &Value, mapped: &BTreeMap<String, String>, out: &mut Vec<(String, Value)>) {
+fn leaves(
+    prefix: &str,
+    v: &Value,
+    mapped: &BTreeMap<String, String>,
+    out: &mut Vec<(String, Value)>,
+) {
     match v {
         Value::Object(m) if mapped.get(prefix).map(String::as_str) != Some("flattened") => {
             for (k, v) in m {
@@ -139,7 +144,11 @@ fn write_log(dir: &Path) -> (Vec<Value>, PathBuf) {
     let store = AuditStore::open(c).unwrap();
     let w = store.writer();
     for (i, kind) in kinds::ALL.iter().enumerate() {
-        let outcome = if i % 2 == 0 { Outcome::Success } else { Outcome::Failure };
+        let outcome = if i % 2 == 0 {
+            Outcome::Success
+        } else {
+            Outcome::Failure
+        };
         w.record_blocking(
             NewEvent::new(kind, outcome)
                 .with_reason("bad_signature")
@@ -162,7 +171,11 @@ fn write_log(dir: &Path) -> (Vec<Value>, PathBuf) {
             time_us: 1_714_564_800_000_000 + n,
             detector: "brute-force".into(),
             rule: "failed_logins".into(),
-            severity: if n == 0 { Severity::High } else { Severity::Critical },
+            severity: if n == 0 {
+                Severity::High
+            } else {
+                Severity::Critical
+            },
             subject: Some("alice".into()),
             client_ip: Some("192.0.2.9".into()),
             summary: "12 failed logins for alice in 300 s".into(),
@@ -199,7 +212,9 @@ fn every_field_of_every_line_is_ecs_with_the_ecs_type_and_mapped_by_the_template
         for (name, value) in fields {
             seen_fields.insert(name.clone());
             let mapping = mapped.get(&name).unwrap_or_else(|| {
-                panic!("{name} is not mapped by deploy/elasticsearch/tokenwatch-audit@mappings.json")
+                panic!(
+                    "{name} is not mapped by deploy/elasticsearch/tokenwatch-audit@mappings.json"
+                )
             });
             let scalars: Vec<&Value> = match &value {
                 Value::Array(a) => a.iter().collect(),
@@ -216,7 +231,11 @@ fn every_field_of_every_line_is_ecs_with_the_ecs_type_and_mapped_by_the_template
                     value.is_array(),
                     def.array,
                     "{name}: ECS {} an array",
-                    if def.array { "expects" } else { "does not expect" }
+                    if def.array {
+                        "expects"
+                    } else {
+                        "does not expect"
+                    }
                 );
             }
             for s in scalars {
@@ -228,7 +247,10 @@ fn every_field_of_every_line_is_ecs_with_the_ecs_type_and_mapped_by_the_template
             assert!(line[required].is_string(), "{required} missing: {line}");
         }
         for required in ["kind", "category", "type", "action", "dataset"] {
-            assert!(!line["event"][required].is_null(), "event.{required} missing: {line}");
+            assert!(
+                !line["event"][required].is_null(),
+                "event.{required} missing: {line}"
+            );
         }
     }
     // The template maps what the log writes, and the test saw all of it used.
@@ -256,8 +278,14 @@ fn every_field_of_every_line_is_ecs_with_the_ecs_type_and_mapped_by_the_template
         if name.starts_with("tokenwatch.") {
             continue;
         }
-        let def = ecs.get(name).unwrap_or_else(|| panic!("template maps non-ECS {name}"));
-        assert_eq!(ty, &def.ty, "template maps {name} as {ty}, ECS says {}", def.ty);
+        let def = ecs
+            .get(name)
+            .unwrap_or_else(|| panic!("template maps non-ECS {name}"));
+        assert_eq!(
+            ty, &def.ty,
+            "template maps {name} as {ty}, ECS says {}",
+            def.ty
+        );
     }
 }
 
@@ -287,14 +315,20 @@ fn categorisation_values_are_allowed_and_each_type_fits_its_category() {
             .collect();
         assert!(!cats.is_empty() && !types.is_empty(), "{line}");
         for c in &cats {
-            assert!(is_allowed("event.category", c), "event.category {c}: {line}");
+            assert!(
+                is_allowed("event.category", c),
+                "event.category {c}: {line}"
+            );
         }
         for t in &types {
             assert!(is_allowed("event.type", t), "event.type {t}: {line}");
             let expected = cats.iter().any(|c| {
                 allowed[&("event.category".to_string(), c.to_string())].contains(&t.to_string())
             });
-            assert!(expected, "event.type {t} is not expected for {cats:?}: {line}");
+            assert!(
+                expected,
+                "event.type {t} is not expected for {cats:?}: {line}"
+            );
         }
         match kind {
             "event" => {
@@ -352,7 +386,10 @@ fn filebeat_reads_the_files_the_log_writes_into_the_templated_data_stream() {
     let glob = path.rsplit('/').next().unwrap();
     let (pre, post) = glob.split_once('*').unwrap();
     let name = file.file_name().unwrap().to_str().unwrap();
-    assert!(name.starts_with(pre) && name.ends_with(post), "{glob} vs {name}");
+    assert!(
+        name.starts_with(pre) && name.ends_with(post),
+        "{glob} vs {name}"
+    );
     assert!(path.ends_with("security-log/security.*.log"), "{path}");
     assert!(fb.contains("- ndjson:"), "lines must be parsed as JSON");
     // The data stream it writes is one the index template applies to.

@@ -24,8 +24,7 @@ use std::time::Duration;
 /// Bucket bounds in seconds for request and commit latencies: from 250 µs (a
 /// cached token check) to 10 s (a request stuck behind a failing disk).
 pub const LATENCY_BOUNDS: &[f64] = &[
-    0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-    10.0,
+    0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
 /// A histogram of durations with fixed bucket bounds.

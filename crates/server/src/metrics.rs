@@ -179,11 +179,20 @@ impl Metrics {
             self.http.latency[f as usize].render(out, name, &labels);
         }
         let name = "tokenwatch_http_responses_total";
-        header(out, name, "counter", "Answered requests by route family and status class.");
+        header(
+            out,
+            name,
+            "counter",
+            "Answered requests by route family and status class.",
+        );
         for f in RouteFamily::ALL {
             for (i, class) in STATUS_CLASSES.iter().enumerate() {
                 let n = self.http.responses[f as usize][i].load(Ordering::Relaxed);
-                let _ = writeln!(out, "{name}{{family=\"{}\",code=\"{class}\"}} {n}", f.label());
+                let _ = writeln!(
+                    out,
+                    "{name}{{family=\"{}\",code=\"{class}\"}} {n}",
+                    f.label()
+                );
             }
         }
     }
@@ -253,7 +262,9 @@ mod tests {
         assert!(text.contains("tokenwatch_http_responses_total{family=\"api\",code=\"2xx\"} 1\n"));
         assert!(text.contains("tokenwatch_http_responses_total{family=\"api\",code=\"4xx\"} 1\n"));
         assert!(text.contains("tokenwatch_http_responses_total{family=\"other\",code=\"4xx\"} 1\n"));
-        assert!(text.contains("tokenwatch_http_request_duration_seconds_count{family=\"console\"} 0\n"));
+        assert!(
+            text.contains("tokenwatch_http_request_duration_seconds_count{family=\"console\"} 0\n")
+        );
         assert!(text.contains("tokenwatch_build_info{version=\""));
     }
 
