@@ -24,11 +24,18 @@ fn readme_example(port: u16, ca: &Path) -> String {
         .and_then(|(_, rest)| rest.split_once("```"))
         .map(|(block, _)| block.to_string())
         .expect("the README's forward-tls-example block");
-    for part in ["tls://siem.example:6514", "/etc/tokenwatch/siem-ca.pem", "retry_secs = 5"] {
+    for part in [
+        "tls://siem.example:6514",
+        "/etc/tokenwatch/siem-ca.pem",
+        "retry_secs = 5",
+    ] {
         assert!(block.contains(part), "the README example lost {part:?}");
     }
     block
-        .replace("tls://siem.example:6514", &format!("tls://127.0.0.1:{port}"))
+        .replace(
+            "tls://siem.example:6514",
+            &format!("tls://127.0.0.1:{port}"),
+        )
         .replace("/etc/tokenwatch/siem-ca.pem", ca.to_str().unwrap())
         .replace("retry_secs = 5", "retry_secs = 1")
 }
@@ -193,7 +200,10 @@ retry_secs = 1
             .send()
             .and_then(|r| r.text())
             .unwrap_or_default();
-        let up = metric(&m, &format!("tokenwatch_forward_up{{forwarder=\"{name}\"}}"))?;
+        let up = metric(
+            &m,
+            &format!("tokenwatch_forward_up{{forwarder=\"{name}\"}}"),
+        )?;
         let failures = metric(
             &m,
             &format!("tokenwatch_forward_failures_total{{forwarder=\"{name}\"}}"),
@@ -241,8 +251,12 @@ fn tls_settings_are_checked_at_start() {
     std::fs::create_dir_all(&dir).unwrap();
     let ca = test_pki::Ca::new("collector CA");
     let ca_file = ca.write(tmp.path(), "ca");
-    let (cert, _) = ca.issue("client", &["client.example"]).write(tmp.path(), "client");
-    let (_, other_key) = ca.issue("other", &["other.example"]).write(tmp.path(), "other");
+    let (cert, _) = ca
+        .issue("client", &["client.example"])
+        .write(tmp.path(), "client");
+    let (_, other_key) = ca
+        .issue("other", &["other.example"])
+        .write(tmp.path(), "other");
     let config = tmp.path().join("tokenwatch.toml");
     let check = |body: &str, expect: &str| {
         std::fs::write(&config, format!("[[forward]]\n{body}\n")).unwrap();
@@ -251,7 +265,10 @@ fn tls_settings_are_checked_at_start() {
     };
     check(r#"target = "tls://127.0.0.1:6514""#, "needs `ca_file`");
     check(
-        &format!("target = \"tcp://127.0.0.1:514\"\nca_file = \"{}\"", ca_file.display()),
+        &format!(
+            "target = \"tcp://127.0.0.1:514\"\nca_file = \"{}\"",
+            ca_file.display()
+        ),
         "applies only to a tls:// target",
     );
     check(

@@ -173,9 +173,15 @@ fn https_is_verified_by_python_and_a_renewed_certificate_is_served_without_resta
     let r = client("plain", &s, &ca_file, None);
     assert_eq!(r["ok"], false, "plain HTTP got an HTTP answer: {r}");
     let r = client("get", &s, &other_ca, None);
-    assert_eq!(r["ok"], false, "a client trusting another CA connected: {r}");
+    assert_eq!(
+        r["ok"], false,
+        "a client trusting another CA connected: {r}"
+    );
     assert!(
-        r["error"].as_str().unwrap().contains("CERTIFICATE_VERIFY_FAILED"),
+        r["error"]
+            .as_str()
+            .unwrap()
+            .contains("CERTIFICATE_VERIFY_FAILED"),
         "{r}"
     );
 
@@ -217,7 +223,10 @@ fn https_is_verified_by_python_and_a_renewed_certificate_is_served_without_resta
     replace(&key, &stray.key_pem, true);
     let started = Instant::now();
     while cn(&s) != "server-3" {
-        assert!(started.elapsed() < Duration::from_secs(10), "server-3 not served");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "server-3 not served"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
     // A key that others may read is refused while running too.
@@ -234,9 +243,9 @@ fn https_is_verified_by_python_and_a_renewed_certificate_is_served_without_resta
 fn wait_for_failure(dir: &Path, reason: &str) -> audit_store::StoredEvent {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
-        let found = tls_reload_events(dir).into_iter().find(|e| {
-            e.outcome.as_str() == "failure" && e.reason.as_deref() == Some(reason)
-        });
+        let found = tls_reload_events(dir)
+            .into_iter()
+            .find(|e| e.outcome.as_str() == "failure" && e.reason.as_deref() == Some(reason));
         if let Some(e) = found {
             return e;
         }
@@ -259,16 +268,26 @@ fn serve_refuses_half_a_pair_a_mismatched_key_and_a_readable_key() {
     let p = |p: &PathBuf| p.to_str().unwrap().to_string();
 
     let err = serve_refused(&dir, &["--tls-cert", &p(&cert)], &[]);
-    assert!(err.contains("tls_key") && err.contains("--tls-key"), "{err}");
+    assert!(
+        err.contains("tls_key") && err.contains("--tls-key"),
+        "{err}"
+    );
     let err = serve_refused(&dir, &[], &[("TOKENWATCH_TLS_KEY", &key)]);
     assert!(err.contains("tls_cert is not"), "{err}");
 
-    let err = serve_refused(&dir, &["--tls-cert", &p(&cert), "--tls-key", &p(&other_key)], &[]);
+    let err = serve_refused(
+        &dir,
+        &["--tls-cert", &p(&cert), "--tls-key", &p(&other_key)],
+        &[],
+    );
     assert!(err.contains("does not belong to the certificate"), "{err}");
     let err = serve_refused(
         &dir,
         &[],
-        &[("TOKENWATCH_TLS_CERT", &cert), ("TOKENWATCH_TLS_KEY", &key.with_file_name("none.key"))],
+        &[
+            ("TOKENWATCH_TLS_CERT", &cert),
+            ("TOKENWATCH_TLS_KEY", &key.with_file_name("none.key")),
+        ],
     );
     assert!(err.contains("none.key"), "{err}");
 

@@ -64,7 +64,9 @@ pub enum SendError {
     BadServerName(String),
     #[error("a tls:// target needs TLS settings (a CA file); none were given")]
     NoTlsSettings,
-    #[error("invalid syslog target {0:?}: expected tls://HOST:PORT, tcp://HOST:PORT or udp://HOST:PORT")]
+    #[error(
+        "invalid syslog target {0:?}: expected tls://HOST:PORT, tcp://HOST:PORT or udp://HOST:PORT"
+    )]
     BadTarget(String),
 }
 
@@ -593,9 +595,8 @@ mod tests {
                 Some(self.0.clone())
             }
         }
-        let config = std::sync::Arc::new(
-            tls_files::server_config(std::sync::Arc::new(One(key))).unwrap(),
-        );
+        let config =
+            std::sync::Arc::new(tls_files::server_config(std::sync::Arc::new(One(key))).unwrap());
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = l.local_addr().unwrap();
         let t = std::thread::spawn(move || {
@@ -603,8 +604,12 @@ mod tests {
             let mut conn = rustls::ServerConnection::new(config).unwrap();
             while conn.is_handshaking() {
                 if let Err(e) = conn.complete_io(&mut tcp) {
-                    let inner = e.into_inner().and_then(|i| i.downcast::<rustls::Error>().ok());
-                    return Err(inner.map(|b| *b).unwrap_or(rustls::Error::HandshakeNotComplete));
+                    let inner = e
+                        .into_inner()
+                        .and_then(|i| i.downcast::<rustls::Error>().ok());
+                    return Err(inner
+                        .map(|b| *b)
+                        .unwrap_or(rustls::Error::HandshakeNotComplete));
                 }
             }
             let mut got = String::new();

@@ -215,11 +215,13 @@ pub struct TlsFiles {
 }
 
 fn tls_files(cert: Option<PathBuf>, key: Option<PathBuf>) -> Result<Option<TlsFiles>, ConfigError> {
-    let one_without_other = |given: &str, missing: &'static str| ConfigError::Invalid {
+    let one_without_other = |given: &str, missing: &'static str| {
+        ConfigError::Invalid {
         key: missing,
         message: format!(
             "{given} is set but {missing} is not: HTTPS needs both, the certificate chain and its private key as PEM files (--tls-cert and --tls-key, TOKENWATCH_TLS_CERT and TOKENWATCH_TLS_KEY, or tls_cert and tls_key in tokenwatch.toml)"
         ),
+    }
     };
     match (cert, key) {
         (Some(cert), Some(key)) => Ok(Some(TlsFiles { cert, key })),
@@ -493,14 +495,20 @@ mod tests {
             })
         );
         // A flag wins over the file, key by key.
-        let mixed = resolve("tls_cert = \"c.pem\"\ntls_key = \"k.pem\"", None, Some("flag.key"));
+        let mixed = resolve(
+            "tls_cert = \"c.pem\"\ntls_key = \"k.pem\"",
+            None,
+            Some("flag.key"),
+        );
         assert_eq!(mixed.unwrap().unwrap().key, PathBuf::from("flag.key"));
         let err = resolve("", Some("c.pem"), None).unwrap_err().to_string();
         assert!(
             err.contains("tls_key") && err.contains("--tls-key"),
             "{err}"
         );
-        let err = resolve("tls_key = \"k.pem\"", None, None).unwrap_err().to_string();
+        let err = resolve("tls_key = \"k.pem\"", None, None)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("tls_cert is not"), "{err}");
     }
 

@@ -54,7 +54,9 @@ pub fn open_app_state_with(settings: &Settings, detectors: bool) -> Result<web::
 pub fn run(mut settings: Settings, demo: bool) -> Result<()> {
     if demo {
         if settings.tls.is_some() {
-            anyhow::bail!("--demo drives the server over plain HTTP; run it without --tls-cert / --tls-key");
+            anyhow::bail!(
+                "--demo drives the server over plain HTTP; run it without --tls-cert / --tls-key"
+            );
         }
         // The demo's clients come from documentation ranges via X-Forwarded-For.
         for local in ["127.0.0.1/32", "::1/128"] {

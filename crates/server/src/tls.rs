@@ -29,7 +29,12 @@ pub(crate) struct ReloadingCert {
 
 impl ResolvesServerCert for ReloadingCert {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(self.current.read().unwrap_or_else(|p| p.into_inner()).clone())
+        Some(
+            self.current
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+        )
     }
 }
 
@@ -48,8 +53,8 @@ pub(crate) fn load(files: &TlsFiles) -> Result<(rustls::ServerConfig, Arc<Reload
     let resolver = Arc::new(ReloadingCert {
         current: RwLock::new(Arc::new(key)),
     });
-    let config = tls_files::server_config(resolver.clone())
-        .context("building the HTTPS configuration")?;
+    let config =
+        tls_files::server_config(resolver.clone()).context("building the HTTPS configuration")?;
     Ok((config, resolver))
 }
 

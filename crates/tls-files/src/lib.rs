@@ -59,16 +59,25 @@ pub enum TlsFileError {
     )]
     NoKey { path: PathBuf },
     #[error("the private key {} cannot be used: {source}", path.display())]
-    UnsupportedKey { path: PathBuf, source: rustls::Error },
+    UnsupportedKey {
+        path: PathBuf,
+        source: rustls::Error,
+    },
     #[error("the certificate {} cannot be used: {source}", path.display())]
-    BadCertificate { path: PathBuf, source: rustls::Error },
+    BadCertificate {
+        path: PathBuf,
+        source: rustls::Error,
+    },
     #[error(
         "the private key {} does not belong to the certificate {} (their public keys differ); give the key the certificate was issued for",
         key.display(), cert.display()
     )]
     KeyMismatch { cert: PathBuf, key: PathBuf },
     #[error("the CA file {}: {source}", path.display())]
-    BadCa { path: PathBuf, source: rustls::Error },
+    BadCa {
+        path: PathBuf,
+        source: rustls::Error,
+    },
     #[error("building the TLS configuration failed: {0}")]
     Config(rustls::Error),
 }
@@ -178,14 +187,13 @@ fn certified_key(
     chain: Vec<CertificateDer<'static>>,
     der: PrivateKeyDer<'static>,
 ) -> Result<CertifiedKey, TlsFileError> {
-    let signing_key =
-        provider()
-            .key_provider
-            .load_private_key(der)
-            .map_err(|source| TlsFileError::UnsupportedKey {
-                path: key.to_path_buf(),
-                source,
-            })?;
+    let signing_key = provider()
+        .key_provider
+        .load_private_key(der)
+        .map_err(|source| TlsFileError::UnsupportedKey {
+            path: key.to_path_buf(),
+            source,
+        })?;
     let certified = CertifiedKey::new(chain, signing_key);
     match certified.keys_match() {
         Ok(()) => Ok(certified),
