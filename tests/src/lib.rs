@@ -8,6 +8,8 @@ use std::sync::mpsc;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+pub mod syslog;
+
 /// Path of the `tokenwatch` binary, built on first use with the same cargo
 /// (and target dir) that runs the tests.
 pub fn binary() -> &'static Path {
@@ -304,4 +306,33 @@ pub fn events_of(s: &Server, kind: &str) -> Vec<audit_store::StoredEvent> {
         ..Default::default()
     };
     audit_reader(s).query_events(&f, None, 1000).unwrap().items
+}
+
+/// Runs `tokenwatch --data-dir DATA serve --listen 127.0.0.1:0 ARGS...` with `env`,
+/// expecting it to refuse to start; returns its stderr. Panics if it is still
+/// running after 30 s (it started instead of refusing).
+pub fn serve_refused(data: &Path, args: &[&str], env: &[(&str, &Path)]) -> String {
+    let mut child = Command::new(binary())
+        .arg("--data-dir")
+        .arg(data)
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(args)
+        .env_remove("TOKENWATCH_CONFIG")
+        .envs(env.iter().map(|(k, v)| (*k, *v)))
+        .current_dir(data.parent().unwrap_or(data))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting tokenwatch serve");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while child.try_wait().expect("polling serve").is_none() {
+        if Instant::now() > deadline {
+            terminate(&mut child);
+            panic!("serve {args:?} started instead of refusing");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().expect("serve's output");
+    assert!(!out.status.success(), "serve {args:?} exited with success");
+    String::from_utf8_lossy(&out.stderr).into_owned()
 }

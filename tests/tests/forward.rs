@@ -5,45 +5,18 @@
 //! Needs `rsyslogd`; CI installs it and sets TOKENWATCH_REQUIRE_RSYSLOG=1 so
 //! a missing one fails instead of skipping.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::time::Duration;
 
 use audit_store::{AlertFilter, AuditReader};
-use tokenwatch_e2e::{cli, data_dir, http, Server};
+use tokenwatch_e2e::syslog::{free_port, lines, metric, rsyslogd, Rsyslog};
+use tokenwatch_e2e::{cli, data_dir, http, wait_for_secs as wait_for, Server};
 
-fn rsyslogd() -> Option<PathBuf> {
-    let found = [
-        "/usr/sbin/rsyslogd",
-        "/sbin/rsyslogd",
-        "/usr/local/sbin/rsyslogd",
-    ]
-    .iter()
-    .map(PathBuf::from)
-    .find(|p| p.exists());
-    if found.is_none() {
-        assert!(
-            std::env::var("TOKENWATCH_REQUIRE_RSYSLOG").is_err(),
-            "rsyslogd is required (apt-get install rsyslog)"
-        );
-        eprintln!("SKIP: rsyslogd not found (apt-get install rsyslog)");
-    }
-    found
-}
-
-/// An rsyslogd in the foreground with a private config: TCP and UDP inputs on
-/// 127.0.0.1, every message appended to `out` as `input|facility|severity|app|msgid|msg`.
-struct Rsyslog {
-    child: Child,
-}
-
-impl Rsyslog {
-    fn start(bin: &Path, dir: &Path, tcp: u16, udp: u16) -> Rsyslog {
-        let conf = dir.join("rsyslog.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                r#"global(workDirectory="{work}")
+/// rsyslogd with TCP and UDP inputs on 127.0.0.1, every message appended to
+/// `dir/received.log` as `input|facility|severity|app|msgid|msg`.
+fn start_collector(bin: &Path, dir: &Path, tcp: u16, udp: u16) -> Rsyslog {
+    let config = format!(
+        r#"global(workDirectory="{work}")
 module(load="imtcp")
 module(load="imudp")
 template(name="tw" type="string" string="%inputname%|%syslogfacility%|%syslogseverity%|%app-name%|%msgid%|%msg%\n")
@@ -51,76 +24,14 @@ ruleset(name="tw") {{ action(type="omfile" file="{out}" template="tw") }}
 input(type="imtcp" address="127.0.0.1" port="{tcp}" ruleset="tw")
 input(type="imudp" address="127.0.0.1" port="{udp}" ruleset="tw")
 "#,
-                work = dir.display(),
-                out = dir.join("received.log").display(),
-            ),
-        )
-        .unwrap();
-        let child = Command::new(bin)
-            .arg("-n")
-            .arg("-f")
-            .arg(&conf)
-            .arg("-i")
-            .arg(dir.join("rsyslogd.pid"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("starting rsyslogd");
-        // Ready when the TCP input accepts.
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", tcp)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "rsyslogd did not listen on {tcp}"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        Rsyslog { child }
-    }
-
-    fn stop(mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Rsyslog {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    // A port free for both TCP and UDP at the time of asking.
-    loop {
-        let t = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = t.local_addr().unwrap().port();
-        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
+        work = dir.display(),
+        out = dir.join("received.log").display(),
+    );
+    Rsyslog::start(bin, dir, &config, &[tcp])
 }
 
 fn received(dir: &Path) -> Vec<String> {
-    std::fs::read_to_string(dir.join("received.log"))
-        .unwrap_or_default()
-        .lines()
-        .map(str::to_string)
-        .collect()
-}
-
-fn wait_for<T>(what: &str, secs: u64, mut probe: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(v) = probe() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    lines(&dir.join("received.log"))
 }
 
 /// Reports enough failed logins for `user` that brute-force raises an alert; returns its id.
@@ -153,12 +64,6 @@ fn metrics(s: &Server) -> String {
         .send()
         .and_then(|r| r.text())
         .unwrap_or_default()
-}
-
-/// The value of the sample named exactly `series` (name and labels).
-fn metric(text: &str, series: &str) -> Option<i64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
 }
 
 fn delivered(lines: &[String], input: &str, alert_id: i64) -> Option<String> {
@@ -222,7 +127,7 @@ retry_secs = 1
     });
 
     // It comes back: the alert arrives over TCP, caught up from the store.
-    let rs = Rsyslog::start(&bin, &rs_dir, tcp, udp);
+    let rs = start_collector(&bin, &rs_dir, tcp, udp);
     let line = wait_for("the first alert over TCP", 30, || {
         delivered(&received(&rs_dir), "imtcp", first)
     });
@@ -255,7 +160,7 @@ retry_secs = 1
     let third = raise_alert(&s, &key, "victim-3");
     std::thread::sleep(Duration::from_secs(2));
     s.stop();
-    let _rs = Rsyslog::start(&bin, &rs_dir, tcp, udp);
+    let _rs = start_collector(&bin, &rs_dir, tcp, udp);
     let s = Server::start_with(&dir, &cfg);
     wait_for("the third alert after the restart", 30, || {
         delivered(&received(&rs_dir), "imtcp", third)

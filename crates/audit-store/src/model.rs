@@ -87,6 +87,10 @@ pub mod kinds {
     /// (`refresh_reuse_grace_secs`): answered with the same new refresh token, not
     /// taken for theft. Outside the grace the same repeat is `refresh.reuse_detected`.
     pub const TOKEN_REFRESH_GRACE: &str = "token.refresh_grace";
+    /// The HTTPS listener's certificate or key changed on disk: success when the new
+    /// pair is served from then on, failure (reason `key_mismatch`, `key_permissions`,
+    /// `no_certificate`, …) when it was refused and the previous pair kept.
+    pub const TLS_RELOAD: &str = "tls.reload";
 
     /// Every kind above, in documentation order.
     pub const ALL: &[&str] = &[
@@ -114,6 +118,7 @@ pub mod kinds {
         AUDIT_INTEGRITY_FAILED,
         AUDIT_PRUNED,
         TOKEN_REFRESH_GRACE,
+        TLS_RELOAD,
     ];
 }
 

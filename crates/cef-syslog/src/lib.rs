@@ -1,5 +1,6 @@
 //! CEF (ArcSight Common Event Format) messages inside RFC 5424 syslog frames,
-//! sent over TCP (RFC 6587 octet-counted framing) or UDP (one datagram each).
+//! sent over TLS (RFC 5425), TCP (RFC 6587 octet-counted framing) or UDP (one
+//! datagram each).
 //!
 //! This crate knows nothing of tokenwatch's types: the caller builds a [`Cef`]
 //! record, wraps it in a [`SyslogFrame`] and hands the bytes to a [`Sender`].
@@ -30,6 +31,9 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs, UdpSocket};
 use std::time::Duration;
 
+mod tls;
+pub use tls::TlsClient;
+
 /// Why a message could not be sent.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -51,7 +55,18 @@ pub enum SendError {
     },
     #[error("syslog collector {addr} closed the connection")]
     Closed { addr: SocketAddr },
-    #[error("invalid syslog target {0:?}: expected tcp://HOST:PORT or udp://HOST:PORT")]
+    #[error("TLS with syslog collector {addr} failed: {source}")]
+    Tls {
+        addr: SocketAddr,
+        source: rustls::Error,
+    },
+    #[error("{0:?} is not a host name or IP address a TLS certificate can be checked against")]
+    BadServerName(String),
+    #[error("a tls:// target needs TLS settings (a CA file); none were given")]
+    NoTlsSettings,
+    #[error(
+        "invalid syslog target {0:?}: expected tls://HOST:PORT, tcp://HOST:PORT or udp://HOST:PORT"
+    )]
     BadTarget(String),
 }
 
@@ -246,11 +261,13 @@ fn rfc3339_us(time_us: i64) -> String {
 /// Transport to a collector.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Protocol {
+    /// RFC 5425: the same octet-counted frames as [`Protocol::Tcp`], inside TLS.
+    Tls,
     Tcp,
     Udp,
 }
 
-/// Where to send: parsed from `tcp://host:port` or `udp://host:port`.
+/// Where to send: parsed from `tls://host:port`, `tcp://host:port` or `udp://host:port`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Target {
     pub protocol: Protocol,
@@ -260,7 +277,9 @@ pub struct Target {
 impl std::str::FromStr for Target {
     type Err = SendError;
     fn from_str(s: &str) -> Result<Target, SendError> {
-        let (protocol, rest) = if let Some(r) = s.strip_prefix("tcp://") {
+        let (protocol, rest) = if let Some(r) = s.strip_prefix("tls://") {
+            (Protocol::Tls, r)
+        } else if let Some(r) = s.strip_prefix("tcp://") {
             (Protocol::Tcp, r)
         } else if let Some(r) = s.strip_prefix("udp://") {
             (Protocol::Udp, r)
@@ -280,10 +299,25 @@ impl std::str::FromStr for Target {
     }
 }
 
+impl Target {
+    /// The host part, without the port and without the brackets of an IPv6 literal:
+    /// what a collector's certificate is checked against unless told otherwise.
+    pub fn host(&self) -> &str {
+        let host = self
+            .host_port
+            .rsplit_once(':')
+            .map_or(self.host_port.as_str(), |(h, _)| h);
+        host.strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .unwrap_or(host)
+    }
+}
+
 /// UDP datagrams are cut at this size (rsyslog's default maximum message size).
 pub const MAX_UDP_MESSAGE: usize = 8192;
 
 enum Conn {
+    Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
     Tcp(TcpStream),
     Udp(UdpSocket),
 }
@@ -291,19 +325,30 @@ enum Conn {
 /// A connection to one collector, opened lazily and re-opened after a failure.
 pub struct Sender {
     target: Target,
+    tls: Option<TlsClient>,
     addr: Option<SocketAddr>,
     conn: Option<Conn>,
     timeout: Duration,
 }
 
 impl Sender {
+    /// A sender for a `tcp://` or `udp://` target (a `tls://` one needs [`Sender::with_tls`]).
     pub fn new(target: Target, timeout: Duration) -> Sender {
         Sender {
             target,
+            tls: None,
             addr: None,
             conn: None,
             timeout,
         }
+    }
+
+    /// A sender for a `tls://` target: the collector's certificate is checked
+    /// against `tls`'s CA and server name before anything is sent.
+    pub fn with_tls(target: Target, timeout: Duration, tls: TlsClient) -> Sender {
+        let mut sender = Sender::new(target, timeout);
+        sender.tls = Some(tls);
+        sender
     }
 
     pub fn target(&self) -> &Target {
@@ -336,15 +381,21 @@ impl Sender {
             return Ok(());
         }
         let addr = self.resolve()?;
+        let tcp = |timeout| -> Result<TcpStream, SendError> {
+            let s = TcpStream::connect_timeout(&addr, timeout)
+                .map_err(|source| SendError::Connect { addr, source })?;
+            s.set_write_timeout(Some(timeout))
+                .and_then(|_| s.set_nodelay(true))
+                .map_err(|source| SendError::Connect { addr, source })?;
+            Ok(s)
+        };
         let conn = match self.target.protocol {
-            Protocol::Tcp => {
-                let s = TcpStream::connect_timeout(&addr, self.timeout)
-                    .map_err(|source| SendError::Connect { addr, source })?;
-                s.set_write_timeout(Some(self.timeout))
-                    .and_then(|_| s.set_nodelay(true))
-                    .map_err(|source| SendError::Connect { addr, source })?;
-                Conn::Tcp(s)
+            Protocol::Tls => {
+                let tls = self.tls.as_ref().ok_or(SendError::NoTlsSettings)?;
+                let stream = tls.handshake(tcp(self.timeout)?, addr, self.timeout)?;
+                Conn::Tls(Box::new(stream))
             }
+            Protocol::Tcp => Conn::Tcp(tcp(self.timeout)?),
             Protocol::Udp => {
                 let bind: SocketAddr = if addr.is_ipv4() {
                     "0.0.0.0:0".parse().expect("valid")
@@ -363,27 +414,25 @@ impl Sender {
 
     /// Sends every message, each one a complete RFC 5424 line (see [`SyslogFrame::render`]).
     ///
-    /// Over TCP the batch is written octet-counted (`LEN SP MSG`, RFC 6587 §3.4.1)
-    /// and then the connection is checked for a close by the collector, so a
-    /// collector that went away is noticed before the caller counts the batch
-    /// as delivered. On any error the connection is dropped and re-opened on
-    /// the next call: the caller retries the whole batch (at-least-once).
+    /// Over TCP and TLS the batch is written octet-counted (`LEN SP MSG`, RFC 6587
+    /// §3.4.1, RFC 5425 §4.3) and then the connection is checked for a close by
+    /// the collector, so a collector that went away is noticed before the caller
+    /// counts the batch as delivered. On any error the connection is dropped and
+    /// re-opened on the next call: the caller retries the whole batch (at-least-once).
     pub fn send_all<S: AsRef<str>>(&mut self, messages: &[S]) -> Result<(), SendError> {
         self.connect()?;
         let addr = self.addr.expect("resolved by connect");
         let result = match self.conn.as_mut().expect("connected") {
-            Conn::Tcp(s) => {
-                let mut buf = Vec::with_capacity(messages.len() * 256);
-                for m in messages {
-                    let m = m.as_ref();
-                    buf.extend_from_slice(format!("{} ", m.len()).as_bytes());
-                    buf.extend_from_slice(m.as_bytes());
-                }
-                s.write_all(&buf)
-                    .and_then(|_| s.flush())
-                    .map_err(|source| SendError::Io { addr, source })
-                    .and_then(|_| check_open(s, addr))
-            }
+            Conn::Tls(s) => s
+                .write_all(&octet_counted(messages))
+                .and_then(|_| s.flush())
+                .map_err(|e| tls::io_error(addr, e))
+                .and_then(|_| tls::check_open(s, addr)),
+            Conn::Tcp(s) => s
+                .write_all(&octet_counted(messages))
+                .and_then(|_| s.flush())
+                .map_err(|source| SendError::Io { addr, source })
+                .and_then(|_| check_open(s, addr)),
             Conn::Udp(s) => messages.iter().try_for_each(|m| {
                 let b = m.as_ref().as_bytes();
                 s.send(&b[..b.len().min(MAX_UDP_MESSAGE)])
@@ -396,6 +445,28 @@ impl Sender {
         }
         result
     }
+}
+
+impl Drop for Sender {
+    /// Ends a TLS session with a close_notify, so the collector can tell a
+    /// shutdown from a cut connection.
+    fn drop(&mut self) {
+        if let Some(Conn::Tls(s)) = self.conn.as_mut() {
+            s.conn.send_close_notify();
+            let _ = s.conn.write_tls(&mut s.sock);
+        }
+    }
+}
+
+/// `LEN SP MSG` for each message, one after the other.
+fn octet_counted<S: AsRef<str>>(messages: &[S]) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(messages.len() * 256);
+    for m in messages {
+        let m = m.as_ref();
+        buf.extend_from_slice(format!("{} ", m.len()).as_bytes());
+        buf.extend_from_slice(m.as_bytes());
+    }
+    buf
 }
 
 /// A collector that closed its end makes a non-blocking peek return 0 (EOF) or
@@ -501,5 +572,128 @@ mod tests {
             sender.send_all(&["x"]),
             Err(SendError::Connect { .. })
         ));
+    }
+
+    /// A one-connection TLS collector on 127.0.0.1: returns its address and a
+    /// handle yielding everything it received in clear (or the handshake error).
+    fn tls_collector(
+        leaf: &test_pki::Leaf,
+        dir: &std::path::Path,
+    ) -> (
+        SocketAddr,
+        std::thread::JoinHandle<Result<String, rustls::Error>>,
+    ) {
+        let (cert, key) = leaf.write(dir, "collector");
+        let key = std::sync::Arc::new(tls_files::load_certified_key(&cert, &key).unwrap());
+        #[derive(Debug)]
+        struct One(std::sync::Arc<rustls::sign::CertifiedKey>);
+        impl rustls::server::ResolvesServerCert for One {
+            fn resolve(
+                &self,
+                _: rustls::server::ClientHello<'_>,
+            ) -> Option<std::sync::Arc<rustls::sign::CertifiedKey>> {
+                Some(self.0.clone())
+            }
+        }
+        let config =
+            std::sync::Arc::new(tls_files::server_config(std::sync::Arc::new(One(key))).unwrap());
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let t = std::thread::spawn(move || {
+            let (mut tcp, _) = l.accept().unwrap();
+            let mut conn = rustls::ServerConnection::new(config).unwrap();
+            while conn.is_handshaking() {
+                if let Err(e) = conn.complete_io(&mut tcp) {
+                    let inner = e
+                        .into_inner()
+                        .and_then(|i| i.downcast::<rustls::Error>().ok());
+                    return Err(inner
+                        .map(|b| *b)
+                        .unwrap_or(rustls::Error::HandshakeNotComplete));
+                }
+            }
+            let mut got = String::new();
+            let _ = rustls::Stream::new(&mut conn, &mut tcp).read_to_string(&mut got);
+            Ok(got)
+        });
+        (addr, t)
+    }
+
+    #[test]
+    fn tls_frames_reach_a_collector_whose_certificate_is_trusted() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = test_pki::Ca::new("collector CA");
+        let ca_file = ca.write(dir.path(), "ca");
+        let (addr, t) = tls_collector(&ca.issue("collector", &["127.0.0.1"]), dir.path());
+        let target: Target = format!("tls://{addr}").parse().unwrap();
+        assert_eq!(target.host(), "127.0.0.1");
+        let tls = TlsClient::new(
+            tls_files::client_config(&ca_file, None).unwrap(),
+            target.host(),
+        )
+        .unwrap();
+        let mut sender = Sender::with_tls(target, Duration::from_secs(5), tls);
+        sender.send_all(&["hello", "wörld"]).unwrap();
+        drop(sender);
+        assert_eq!(t.join().unwrap().unwrap(), "5 hello6 wörld");
+    }
+
+    #[test]
+    fn an_untrusted_collector_certificate_is_refused_before_anything_is_sent() {
+        let dir = tempfile::tempdir().unwrap();
+        let trusted = test_pki::Ca::new("trusted CA");
+        let ca_file = trusted.write(dir.path(), "ca");
+        let rogue = test_pki::Ca::new("rogue CA");
+        let (addr, t) = tls_collector(&rogue.issue("collector", &["127.0.0.1"]), dir.path());
+        let target: Target = format!("tls://{addr}").parse().unwrap();
+        let tls = TlsClient::new(
+            tls_files::client_config(&ca_file, None).unwrap(),
+            target.host(),
+        )
+        .unwrap();
+        let mut sender = Sender::with_tls(target, Duration::from_secs(5), tls);
+        let err = sender.send_all(&["secret alert"]).unwrap_err();
+        assert!(matches!(err, SendError::Tls { .. }), "{err}");
+        assert!(err.to_string().contains("UnknownIssuer"), "{err}");
+        // The collector saw a failed handshake and not one byte of the message.
+        assert!(t.join().unwrap().is_err());
+    }
+
+    #[test]
+    fn a_certificate_for_another_name_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = test_pki::Ca::new("collector CA");
+        let ca_file = ca.write(dir.path(), "ca");
+        let (addr, t) = tls_collector(&ca.issue("elsewhere", &["elsewhere.example"]), dir.path());
+        let target: Target = format!("tls://{addr}").parse().unwrap();
+        let tls = TlsClient::new(
+            tls_files::client_config(&ca_file, None).unwrap(),
+            "siem.example",
+        )
+        .unwrap();
+        let mut sender = Sender::with_tls(target, Duration::from_secs(5), tls);
+        let err = sender.send_all(&["x"]).unwrap_err();
+        assert!(err.to_string().contains("not valid for name"), "{err}");
+        assert!(t.join().unwrap().is_err());
+    }
+
+    #[test]
+    fn target_hosts() {
+        for (t, host) in [
+            ("tls://siem.example:6514", "siem.example"),
+            ("tls://[::1]:6514", "::1"),
+            ("tcp://10.0.0.1:514", "10.0.0.1"),
+        ] {
+            assert_eq!(t.parse::<Target>().unwrap().host(), host);
+        }
+        assert!(TlsClient::new(
+            rustls::ClientConfig::builder_with_provider(tls_files::provider())
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(rustls::RootCertStore::empty())
+                .with_no_client_auth(),
+            "not a name!"
+        )
+        .is_err());
     }
 }

@@ -187,6 +187,13 @@ pub struct ServeArgs {
     /// Address to listen on (default 127.0.0.1:8080; port 0 picks a free port).
     #[arg(long, env = "TOKENWATCH_LISTEN")]
     pub listen: Option<String>,
+    /// Serve HTTPS with this PEM certificate chain (with --tls-key); a changed file
+    /// is picked up while the server runs.
+    #[arg(long, env = "TOKENWATCH_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert (mode 600: readable by its owner only).
+    #[arg(long, env = "TOKENWATCH_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
     /// Generate realistic traffic, attacks included, against this server so the
     /// dashboard and detectors come alive. Creates demo users. Not for production.
     #[arg(long)]
@@ -339,6 +346,8 @@ pub fn settings(cli: &Cli, serve: Option<&ServeArgs>) -> Result<Settings> {
     let file = FileConfig::load(cli.config.as_deref())?;
     let overrides = Overrides {
         listen: serve.and_then(|s| s.listen.clone()),
+        tls_cert: serve.and_then(|s| s.tls_cert.clone()),
+        tls_key: serve.and_then(|s| s.tls_key.clone()),
         data_dir: cli.data_dir.clone(),
         plugin_dir: cli.plugin_dir.clone(),
         audit_key_dir: cli.audit_key_dir.clone(),

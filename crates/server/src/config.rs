@@ -28,6 +28,10 @@ pub enum ConfigError {
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
     pub listen: Option<String>,
+    /// PEM certificate chain for HTTPS on `listen` (with `tls_key`); reloaded when it changes.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert`; must not be accessible to group or others.
+    pub tls_key: Option<PathBuf>,
     pub data_dir: Option<PathBuf>,
     pub plugin_dir: Option<PathBuf>,
     pub issuer: Option<String>,
@@ -177,6 +181,8 @@ fn refresh_reuse_grace(secs: Option<u64>) -> Result<Duration, ConfigError> {
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub listen: SocketAddr,
+    /// HTTPS on `listen` when set.
+    pub tls: Option<TlsFiles>,
     pub data_dir: PathBuf,
     pub plugin_dir: PathBuf,
     pub issuer: String,
@@ -204,6 +210,30 @@ pub struct Settings {
     pub forward: Vec<crate::forward::ForwardConfig>,
 }
 
+/// The listener's certificate chain and private key (PEM files).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+fn tls_files(cert: Option<PathBuf>, key: Option<PathBuf>) -> Result<Option<TlsFiles>, ConfigError> {
+    let one_without_other = |given: &str, missing: &'static str| {
+        ConfigError::Invalid {
+        key: missing,
+        message: format!(
+            "{given} is set but {missing} is not: HTTPS needs both, the certificate chain and its private key as PEM files (--tls-cert and --tls-key, TOKENWATCH_TLS_CERT and TOKENWATCH_TLS_KEY, or tls_cert and tls_key in tokenwatch.toml)"
+        ),
+    }
+    };
+    match (cert, key) {
+        (Some(cert), Some(key)) => Ok(Some(TlsFiles { cert, key })),
+        (None, None) => Ok(None),
+        (Some(_), None) => Err(one_without_other("tls_cert", "tls_key")),
+        (None, Some(_)) => Err(one_without_other("tls_key", "tls_cert")),
+    }
+}
+
 /// What the server does when a detector raises an alert.
 #[derive(Debug, Clone)]
 pub struct ResponsePolicy {
@@ -216,6 +246,8 @@ pub struct ResponsePolicy {
 #[derive(Debug, Default, Clone)]
 pub struct Overrides {
     pub listen: Option<String>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
     pub data_dir: Option<PathBuf>,
     pub plugin_dir: Option<PathBuf>,
     pub audit_key_dir: Option<PathBuf>,
@@ -236,6 +268,10 @@ impl Settings {
             key: "listen",
             message: format!("{listen_text:?} is not an address:port ({e})"),
         })?;
+        let tls = tls_files(
+            cli.tls_cert.clone().or(file.tls_cert),
+            cli.tls_key.clone().or(file.tls_key),
+        )?;
         let data_dir = cli
             .data_dir
             .clone()
@@ -340,6 +376,7 @@ impl Settings {
             response,
             trusted_proxies,
             listen,
+            tls,
             plugin_dir,
             issuer: file.issuer.unwrap_or_else(|| "tokenwatch".into()),
             audience: file.audience.unwrap_or_else(|| "tokenwatch-api".into()),
@@ -441,6 +478,43 @@ mod tests {
             ..FileConfig::default()
         };
         Settings::resolve(file, &Overrides::default()).map(|s| s.refresh_reuse_grace)
+    }
+
+    #[test]
+    fn tls_needs_both_the_certificate_and_the_key() {
+        let resolve = |file: &str, cert: Option<&str>, key: Option<&str>| {
+            let overrides = Overrides {
+                tls_cert: cert.map(PathBuf::from),
+                tls_key: key.map(PathBuf::from),
+                ..Overrides::default()
+            };
+            Settings::resolve(toml::from_str(file).unwrap(), &overrides).map(|s| s.tls)
+        };
+        assert_eq!(resolve("", None, None).unwrap(), None);
+        let both = resolve("tls_cert = \"c.pem\"\ntls_key = \"k.pem\"", None, None).unwrap();
+        assert_eq!(
+            both,
+            Some(TlsFiles {
+                cert: "c.pem".into(),
+                key: "k.pem".into()
+            })
+        );
+        // A flag wins over the file, key by key.
+        let mixed = resolve(
+            "tls_cert = \"c.pem\"\ntls_key = \"k.pem\"",
+            None,
+            Some("flag.key"),
+        );
+        assert_eq!(mixed.unwrap().unwrap().key, PathBuf::from("flag.key"));
+        let err = resolve("", Some("c.pem"), None).unwrap_err().to_string();
+        assert!(
+            err.contains("tls_key") && err.contains("--tls-key"),
+            "{err}"
+        );
+        let err = resolve("tls_key = \"k.pem\"", None, None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("tls_cert is not"), "{err}");
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! Forwarding out: alerts (and, when asked, events) sent to syslog collectors
-//! as RFC 5424 messages carrying CEF, over TCP or UDP.
+//! as RFC 5424 messages carrying CEF, over TLS (RFC 5425), TCP or UDP.
 //!
 //! Each forwarder reads from the audit store after a delivery cursor kept in
 //! `state.db` and moves the cursor only after a batch was sent, so a collector
@@ -8,6 +8,7 @@
 //! Delivery is at-least-once: a batch interrupted by a failure is sent again.
 
 use std::fmt::Write as _;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -15,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use audit_store::{Alert, AuditReader, AuditStore, Outcome, Severity, StoredEvent};
-use cef_syslog::{Cef, Facility, Sender, SyslogFrame, Target};
+use cef_syslog::{Cef, Facility, Protocol, Sender, SyslogFrame, Target, TlsClient};
 use serde::Deserialize;
 
 use crate::config::ConfigError;
@@ -29,8 +30,16 @@ const BATCH: usize = 500;
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ForwardFileConfig {
-    /// `tcp://HOST:PORT` or `udp://HOST:PORT`.
+    /// `tls://HOST:PORT` (RFC 5425, usually port 6514), `tcp://HOST:PORT` or `udp://HOST:PORT`.
     pub target: String,
+    /// tls:// only: PEM file of the CA(s) the collector's certificate must chain to.
+    pub ca_file: Option<PathBuf>,
+    /// tls:// only: a client certificate (PEM) for collectors that require mutual TLS.
+    pub client_cert: Option<PathBuf>,
+    /// tls:// only: the private key of `client_cert` (PEM, mode 600).
+    pub client_key: Option<PathBuf>,
+    /// tls:// only: the name the collector's certificate must carry (default: the target's host).
+    pub server_name: Option<String>,
     /// Names the delivery cursor in state.db (default: the target). Renaming
     /// it starts a new cursor.
     pub name: Option<String>,
@@ -48,10 +57,12 @@ pub struct ForwardFileConfig {
     pub start: Option<String>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ForwardConfig {
     pub name: String,
     pub target: Target,
+    /// Set for a tls:// target: the CA, client certificate and expected server name.
+    pub tls: Option<TlsClient>,
     pub alerts: bool,
     pub events: bool,
     pub facility: Facility,
@@ -60,14 +71,72 @@ pub struct ForwardConfig {
     pub from_beginning: bool,
 }
 
-pub fn resolve(files: &[ForwardFileConfig]) -> Result<Vec<ForwardConfig>, ConfigError> {
-    let invalid = |message: String| ConfigError::Invalid {
+impl std::fmt::Debug for ForwardConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ForwardConfig")
+            .field("name", &self.name)
+            .field("target", &self.target)
+            .field("tls", &self.tls.is_some())
+            .field("alerts", &self.alerts)
+            .field("events", &self.events)
+            .finish_non_exhaustive()
+    }
+}
+
+fn invalid(message: String) -> ConfigError {
+    ConfigError::Invalid {
         key: "forward",
         message,
+    }
+}
+
+/// The TLS settings of one forwarder, checked now (files readable, the client key
+/// private and matching its certificate) so that a mistake stops the start.
+fn tls_client(f: &ForwardFileConfig, target: &Target) -> Result<Option<TlsClient>, ConfigError> {
+    let tls_only = [
+        ("ca_file", f.ca_file.is_some()),
+        ("client_cert", f.client_cert.is_some()),
+        ("client_key", f.client_key.is_some()),
+        ("server_name", f.server_name.is_some()),
+    ];
+    if target.protocol != Protocol::Tls {
+        if let Some((key, _)) = tls_only.iter().find(|(_, set)| *set) {
+            return Err(invalid(format!(
+                "{:?}: `{key}` applies only to a tls:// target (syslog over TLS, RFC 5425)",
+                f.target
+            )));
+        }
+        return Ok(None);
+    }
+    let Some(ca_file) = &f.ca_file else {
+        return Err(invalid(format!(
+            "{:?}: a tls:// target needs `ca_file`, the PEM file of the CA that signed the collector's certificate (for a publicly trusted one: /etc/ssl/certs/ca-certificates.crt)",
+            f.target
+        )));
     };
+    let client = match (&f.client_cert, &f.client_key) {
+        (Some(c), Some(k)) => Some((c.as_path(), k.as_path())),
+        (None, None) => None,
+        _ => {
+            return Err(invalid(format!(
+                "{:?}: mutual TLS needs both `client_cert` and `client_key`",
+                f.target
+            )))
+        }
+    };
+    let config = tls_files::client_config(ca_file, client)
+        .map_err(|e| invalid(format!("{:?}: {e}", f.target)))?;
+    let server_name = f.server_name.as_deref().unwrap_or_else(|| target.host());
+    TlsClient::new(config, server_name)
+        .map(Some)
+        .map_err(|e| invalid(format!("{:?}: {e}", f.target)))
+}
+
+pub fn resolve(files: &[ForwardFileConfig]) -> Result<Vec<ForwardConfig>, ConfigError> {
     let mut out: Vec<ForwardConfig> = Vec::new();
     for f in files {
         let target: Target = f.target.parse().map_err(|e| invalid(format!("{e}")))?;
+        let tls = tls_client(f, &target)?;
         let name = f.name.clone().unwrap_or_else(|| f.target.clone());
         if out.iter().any(|o| o.name == name) {
             return Err(invalid(format!(
@@ -92,6 +161,7 @@ pub fn resolve(files: &[ForwardFileConfig]) -> Result<Vec<ForwardConfig>, Config
         out.push(ForwardConfig {
             name,
             target,
+            tls,
             alerts: f.alerts.unwrap_or(true),
             events: f.events.unwrap_or(false),
             facility: Facility(facility),
@@ -441,7 +511,11 @@ fn run(
     stats: &ForwarderStats,
     stop: &AtomicBool,
 ) {
-    let mut sender = Sender::new(cfg.target.clone(), Duration::from_secs(5));
+    let timeout = Duration::from_secs(5);
+    let mut sender = match &cfg.tls {
+        Some(tls) => Sender::with_tls(cfg.target.clone(), timeout, tls.clone()),
+        None => Sender::new(cfg.target.clone(), timeout),
+    };
     let mut failing_since: Option<Instant> = None;
     let sleep = |d: Duration| {
         let until = Instant::now() + d;

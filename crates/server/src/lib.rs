@@ -28,6 +28,7 @@ pub mod routes;
 pub mod serve;
 pub mod sources;
 pub mod state;
+mod tls;
 
 use clap::Parser;
 

@@ -53,11 +53,18 @@ pub fn open_app_state_with(settings: &Settings, detectors: bool) -> Result<web::
 
 pub fn run(mut settings: Settings, demo: bool) -> Result<()> {
     if demo {
+        if settings.tls.is_some() {
+            anyhow::bail!(
+                "--demo drives the server over plain HTTP; run it without --tls-cert / --tls-key"
+            );
+        }
         // The demo's clients come from documentation ranges via X-Forwarded-For.
         for local in ["127.0.0.1/32", "::1/128"] {
             settings.trusted_proxies.push(local.parse()?);
         }
     }
+    // Before anything is opened: a bad certificate or key stops the start here.
+    let tls = settings.tls.as_ref().map(crate::tls::load).transpose()?;
     let lock = DataDirLock::acquire(&settings.data_dir)?;
     let _log_guard = crate::logging::init(
         Some(&settings.data_dir),
@@ -72,27 +79,46 @@ pub fn run(mut settings: Settings, demo: bool) -> Result<()> {
         crate::forward::start(&settings.forward, &store, data.state.clone(), &data.forward)?;
 
     let app_data = data.clone();
+    let https = tls.is_some();
     let server = HttpServer::new(move || {
+        let mut headers = DefaultHeaders::new()
+            .add(("X-Content-Type-Options", "nosniff"))
+            .add(("Referrer-Policy", "no-referrer"))
+            .add(("X-Frame-Options", "DENY"))
+            .add((
+                "Content-Security-Policy",
+                "default-src 'none'; frame-ancestors 'none'",
+            ));
+        if https {
+            // Browsers that saw the console over HTTPS never fall back to HTTP.
+            headers = headers.add(("Strict-Transport-Security", "max-age=31536000"));
+        }
         App::new()
-            .wrap(
-                DefaultHeaders::new()
-                    .add(("X-Content-Type-Options", "nosniff"))
-                    .add(("Referrer-Policy", "no-referrer"))
-                    .add(("X-Frame-Options", "DENY"))
-                    .add((
-                        "Content-Security-Policy",
-                        "default-src 'none'; frame-ancestors 'none'",
-                    )),
-            )
+            .wrap(headers)
             // Outermost, so every answer is timed, refusals by the others included.
             .wrap(crate::request_timer::RequestTimer::new(app_data.clone()))
             .configure(|cfg| crate::routes::configure(cfg, &app_data))
-    })
-    .bind(settings.listen)
-    .with_context(|| format!("listening on {}", settings.listen))?;
+    });
+    let (server, reloader) = match tls {
+        Some((config, cert)) => {
+            let files = settings.tls.clone().context("TLS files")?;
+            let server = server
+                .bind_rustls_0_23(settings.listen, config)
+                .with_context(|| format!("listening on {}", settings.listen))?;
+            let reloader = crate::tls::spawn_reloader(files, cert, data.audit.clone())?;
+            (server, Some(reloader))
+        }
+        None => (
+            server
+                .bind(settings.listen)
+                .with_context(|| format!("listening on {}", settings.listen))?,
+            None,
+        ),
+    };
+    let scheme = if https { "https" } else { "http" };
     for addr in server.addrs() {
         // Tests and scripts read this line to learn the port when --listen used port 0.
-        crate::cli::print_line(&format!("tokenwatch listening on http://{addr}"))?;
+        crate::cli::print_line(&format!("tokenwatch listening on {scheme}://{addr}"))?;
     }
     tracing::info!(listen = %settings.listen, data_dir = %settings.data_dir.display(), "tokenwatch serving");
     if demo {
@@ -109,6 +135,7 @@ pub fn run(mut settings: Settings, demo: bool) -> Result<()> {
 
     // The last AppState reference goes first: it stops the detectors, whose
     // alerts still go through the store's writer.
+    drop(reloader);
     drop(forwarders);
     drop(data);
     match Arc::try_unwrap(store) {
