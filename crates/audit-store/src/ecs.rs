@@ -18,7 +18,7 @@ pub(crate) struct SecurityLog {
 
 fn category(kind: &str) -> &'static str {
     match kind.split('.').next() {
-        Some("auth" | "token" | "refresh" | "access") => "authentication",
+        Some("auth" | "token" | "refresh" | "access" | "authorize" | "code") => "authentication",
         Some("admin") => "iam",
         Some("plugin") => "configuration",
         _ => "host",

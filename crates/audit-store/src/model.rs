@@ -87,6 +87,20 @@ pub mod kinds {
     /// (`refresh_reuse_grace_secs`): answered with the same new refresh token, not
     /// taken for theft. Outside the grace the same repeat is `refresh.reuse_detected`.
     pub const TOKEN_REFRESH_GRACE: &str = "token.refresh_grace";
+    /// An authorization request (`/oauth/authorize`) refused before any login: unknown
+    /// client, unregistered redirect URI, missing or `plain` PKCE challenge, ...
+    pub const AUTHORIZE_REFUSED: &str = "authorize.refused";
+    /// A user logged in on the authorization page and approved the client: an
+    /// authorization code was issued (identified by its fingerprint).
+    pub const AUTHORIZE_APPROVED: &str = "authorize.approved";
+    /// A user declined the client on the authorization page.
+    pub const AUTHORIZE_DENIED: &str = "authorize.denied";
+    /// An authorization code refused at the token endpoint: unknown, expired, another
+    /// client's, another redirect URI's, or a PKCE verifier that does not match.
+    pub const CODE_REJECTED: &str = "code.rejected";
+    /// An authorization code presented a second time: the tokens issued for it are
+    /// revoked (RFC 6749 §4.1.2).
+    pub const CODE_REUSED: &str = "code.reused";
 
     /// Every kind above, in documentation order.
     pub const ALL: &[&str] = &[
@@ -114,6 +128,11 @@ pub mod kinds {
         AUDIT_INTEGRITY_FAILED,
         AUDIT_PRUNED,
         TOKEN_REFRESH_GRACE,
+        AUTHORIZE_REFUSED,
+        AUTHORIZE_APPROVED,
+        AUTHORIZE_DENIED,
+        CODE_REJECTED,
+        CODE_REUSED,
     ];
 }
 

@@ -184,6 +184,11 @@ pub struct ServeArgs {
     /// Address to listen on (default 127.0.0.1:8080; port 0 picks a free port).
     #[arg(long, env = "TOKENWATCH_LISTEN")]
     pub listen: Option<String>,
+    /// The issuer (`iss`) of tokenwatch's tokens and the base URL of its discovery
+    /// document, e.g. https://auth.example.com (default: http://<listen address>).
+    /// Other commands read TOKENWATCH_ISSUER or the config file's `issuer`.
+    #[arg(long, env = ISSUER_ENV)]
+    pub issuer: Option<String>,
     /// Generate realistic traffic, attacks included, against this server so the
     /// dashboard and detectors come alive. Creates demo users. Not for production.
     #[arg(long)]
@@ -212,19 +217,34 @@ pub enum RoleArg {
 
 #[derive(Subcommand, Debug)]
 pub enum ClientsCmd {
-    /// Register a client; its secret is printed once.
+    /// Register a client; its secret (a public client has none) is printed once.
     Add {
         client_id: String,
+        /// `public`: a browser or mobile app with no secret; it may use only the
+        /// authorization-code grant with PKCE (and refresh tokens).
         #[arg(long, value_enum, default_value = "confidential")]
         kind: ClientKindArg,
+        /// The scope the client may ask for (space-separated).
         #[arg(long)]
         scope: Option<String>,
+        /// Grants the client may use, comma-separated: authorization_code,
+        /// refresh_token, password, client_credentials (default: confidential
+        /// password,client_credentials,refresh_token; public
+        /// authorization_code,refresh_token). Leave out `password` to switch the
+        /// password grant off for this client.
+        #[arg(long, value_delimiter = ',')]
+        grant_types: Option<Vec<String>>,
+        /// A redirect URI of the authorization-code flow, matched exactly; repeat
+        /// for several.
+        #[arg(long = "redirect-uri")]
+        redirect_uris: Vec<String>,
     },
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug)]
 pub enum ClientKindArg {
     Confidential,
+    Public,
     ResourceServer,
 }
 
@@ -332,6 +352,8 @@ pub enum ExportWhat {
     Alerts,
 }
 
+const ISSUER_ENV: &str = "TOKENWATCH_ISSUER";
+
 pub fn settings(cli: &Cli, serve: Option<&ServeArgs>) -> Result<Settings> {
     let file = FileConfig::load(cli.config.as_deref())?;
     let overrides = Overrides {
@@ -342,6 +364,12 @@ pub fn settings(cli: &Cli, serve: Option<&ServeArgs>) -> Result<Settings> {
         checkpoint_dir: cli.checkpoint_dir.clone(),
         checkpoint_mirrors: (!cli.checkpoint_mirrors.is_empty())
             .then(|| cli.checkpoint_mirrors.clone()),
+        // Commands other than `serve` (token issue, keys import-hmac) need the same
+        // issuer as the server: the variable applies to them too.
+        issuer: match serve {
+            Some(s) => s.issuer.clone(),
+            None => std::env::var(ISSUER_ENV).ok().filter(|v| !v.is_empty()),
+        },
     };
     Ok(Settings::resolve(file, &overrides)?)
 }

@@ -48,6 +48,7 @@ pub fn open_app_state_with(settings: &Settings, detectors: bool) -> Result<web::
         ingest_limits: settings.ingest.clone(),
         ingest: Default::default(),
         forward: Default::default(),
+        codes: Default::default(),
     }))
 }
 
@@ -60,6 +61,16 @@ pub fn run(mut settings: Settings, demo: bool) -> Result<()> {
     }
     let lock = DataDirLock::acquire(&settings.data_dir)?;
     let _log_guard = crate::logging::init(Some(&settings.data_dir), &settings.log_level);
+    // Bound before the token service exists: an issuer derived from the listen
+    // address must name the port actually bound when --listen asked for port 0.
+    let listener =
+        bind(settings.listen).with_context(|| format!("listening on {}", settings.listen))?;
+    if settings.issuer_from_listen {
+        settings.issuer = crate::config::issuer_for_listen(listener.local_addr()?);
+        if settings.listen.ip().is_unspecified() {
+            tracing::warn!(issuer = %settings.issuer, "no issuer configured and listening on every address: tokens name a loopback issuer; set `issuer` to the URL clients use");
+        }
+    }
     let data = open_app_state_with(&settings, true)?;
     let store = data.store.clone();
     spawn_housekeeping(data.state.clone());
@@ -82,13 +93,13 @@ pub fn run(mut settings: Settings, demo: bool) -> Result<()> {
             )
             .configure(|cfg| crate::routes::configure(cfg, &app_data))
     })
-    .bind(settings.listen)
+    .listen(listener)
     .with_context(|| format!("listening on {}", settings.listen))?;
     for addr in server.addrs() {
         // Tests and scripts read this line to learn the port when --listen used port 0.
         crate::cli::print_line(&format!("tokenwatch listening on http://{addr}"))?;
     }
-    tracing::info!(listen = %settings.listen, data_dir = %settings.data_dir.display(), "tokenwatch serving");
+    tracing::info!(listen = %settings.listen, issuer = %settings.issuer, data_dir = %settings.data_dir.display(), "tokenwatch serving");
     if demo {
         let addr = *server
             .addrs()
@@ -111,6 +122,17 @@ pub fn run(mut settings: Settings, demo: bool) -> Result<()> {
     }
     drop(lock);
     Ok(())
+}
+
+/// A listening socket as actix-web's own `bind` makes it: SO_REUSEADDR, so a
+/// restart is not refused while the last run's connections sit in TIME_WAIT.
+fn bind(addr: std::net::SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    Ok(socket.into())
 }
 
 /// On an empty user table, creates `admin` with a random password printed once.
