@@ -18,6 +18,9 @@ use tokenwatch::app::AppState;
 use tokenwatch::config::FileConfig;
 use tokenwatch::state::{ClientKind, GrantType, NewClient, Role};
 
+/// Parameters to replace in (or, empty, remove from) a valid request.
+type Params = &'static [(&'static str, &'static str)];
+
 const PASSWORD: &str = "correct horse battery staple";
 const SPA_CB: &str = "https://app.example/cb";
 const WEB_CB: &str = "http://127.0.0.1:9/callback?tenant=a";
@@ -254,7 +257,7 @@ async fn me(app: &impl Svc, access: &str) -> StatusCode {
 async fn unknown_client_or_unregistered_redirect_uri_gets_a_page_never_a_redirect() {
     let f = fixture();
     let app = service!(f.data);
-    let cases: [(&[(&'static str, &'static str)], &str); 7] = [
+    let cases: [(Params, &str); 7] = [
         (&[("client_id", "")], "missing_client_id"),
         (&[("client_id", "nobody")], "unknown_client"),
         (&[("redirect_uri", "")], "redirect_uri_mismatch"),
@@ -306,7 +309,7 @@ async fn unknown_client_or_unregistered_redirect_uri_gets_a_page_never_a_redirec
 async fn later_errors_go_back_to_the_registered_uri_with_state() {
     let f = fixture();
     let app = service!(f.data);
-    let cases: [(&[(&'static str, &'static str)], &str, &str); 8] = [
+    let cases: [(Params, &str, &str); 8] = [
         (
             &[("code_challenge", "")],
             "invalid_request",
