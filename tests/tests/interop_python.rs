@@ -42,9 +42,9 @@ fn python(script: &str, args: &[&str]) -> (bool, String, String) {
 
 const VERIFY_WITH_JWKS: &str = r#"
 import json, sys, jwt
-token, jwks_url = sys.argv[1], sys.argv[2]
+token, jwks_url, issuer = sys.argv[1], sys.argv[2], sys.argv[3]
 key = jwt.PyJWKClient(jwks_url).get_signing_key_from_jwt(token)
-claims = jwt.decode(token, key.key, algorithms=["ES256", "RS256", "EdDSA"], audience="tokenwatch-api", issuer="tokenwatch")
+claims = jwt.decode(token, key.key, algorithms=["ES256", "RS256", "EdDSA"], audience="tokenwatch-api", issuer=issuer)
 print(json.dumps(claims))
 "#;
 
@@ -100,7 +100,8 @@ fn pyjwt_verifies_our_tokens_and_we_verify_pyjwt_hs256() {
 
     let (ok, stdout, stderr) = python(
         VERIFY_WITH_JWKS,
-        &[access, &s.url("/.well-known/jwks.json")],
+        // The server was given no issuer: it is its own address.
+        &[access, &s.url("/.well-known/jwks.json"), &s.base],
     );
     assert!(ok, "PyJWT refused our token: {stderr}");
     let claims: Value = serde_json::from_str(stdout.trim()).unwrap();
@@ -128,7 +129,7 @@ fn pyjwt_verifies_our_tokens_and_we_verify_pyjwt_hs256() {
     );
 
     // The shared secret cannot vouch for tokenwatch's own issuer.
-    let (ok, stdout, stderr) = python(SIGN_HS256, &[shared, "pyjwt-shared", "tokenwatch"]);
+    let (ok, stdout, stderr) = python(SIGN_HS256, &[shared, "pyjwt-shared", &s.base]);
     assert!(ok, "{stderr}");
     let resp = http()
         .get(s.url("/api/v1/me"))
@@ -205,4 +206,90 @@ fn cli_issue_and_verify() {
     );
     assert_ne!(out.status, 0);
     assert!(out.stderr.contains("at least 12"), "{}", out.stderr);
+}
+
+/// Authlib as an app would use it: it reads the endpoints from the discovery
+/// document, makes a PKCE (S256) authorization URL, and exchanges the code the
+/// login page sends back (the browser is played by `requests`). It then calls the
+/// API with the token it got.
+const AUTHLIB_CODE_FLOW: &str = r#"
+import html, json, os, re, sys
+import requests
+from authlib.common.security import generate_token
+from authlib.integrations.requests_client import OAuth2Session
+os.environ["AUTHLIB_INSECURE_TRANSPORT"] = "1"  # the test server is plain http on 127.0.0.1
+base, user, password, redirect_uri = sys.argv[1:5]
+meta = requests.get(base + "/.well-known/openid-configuration", timeout=30).json()
+assert meta["issuer"] == base, meta
+assert "S256" in meta["code_challenge_methods_supported"], meta
+assert "none" in meta["token_endpoint_auth_methods_supported"], meta
+client = OAuth2Session("py-app", redirect_uri=redirect_uri, scope="read",
+                       code_challenge_method="S256", token_endpoint_auth_method="none")
+verifier = generate_token(64)
+url, state = client.create_authorization_url(meta["authorization_endpoint"], code_verifier=verifier)
+browser = requests.Session()
+page = browser.get(url, timeout=30)
+assert page.status_code == 200, page.text
+form = {name: html.unescape(value) for name, value in
+        re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]*)"', page.text)}
+form.update(username=user, password=password, decision="allow")
+answer = browser.post(meta["authorization_endpoint"], data=form, allow_redirects=False, timeout=30)
+assert answer.status_code == 303, answer.text
+location = answer.headers["Location"]
+assert location.startswith(redirect_uri), location
+token = client.fetch_token(meta["token_endpoint"], authorization_response=location,
+                           state=state, code_verifier=verifier)
+me = client.get(base + "/api/v1/me", timeout=30).json()
+print(json.dumps({"me": me, "scope": token.get("scope"), "has_refresh": "refresh_token" in token}))
+"#;
+
+#[test]
+fn authlib_discovers_the_server_and_completes_the_code_flow() {
+    let ok = Command::new("python3")
+        .args(["-c", "import authlib, requests"])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !ok {
+        assert!(
+            std::env::var("TOKENWATCH_REQUIRE_PYTHON").is_err(),
+            "python3 with Authlib is required (pip install authlib requests)"
+        );
+        eprintln!("SKIP: python3 with Authlib not found (pip install authlib requests)");
+        return;
+    }
+    let (_tmp, dir) = data_dir();
+    std::fs::create_dir_all(&dir).unwrap();
+    let password = "a-password-for-the-authlib-test";
+    let out = cli(
+        &dir,
+        &["users", "add", "carol", "--password-stdin"],
+        password,
+    );
+    assert_eq!(out.status, 0, "{}", out.stderr);
+    let redirect = "http://127.0.0.1:1/callback";
+    let out = cli(
+        &dir,
+        &[
+            "clients",
+            "add",
+            "py-app",
+            "--kind",
+            "public",
+            "--scope",
+            "read write",
+            "--redirect-uri",
+            redirect,
+        ],
+        "",
+    );
+    assert_eq!(out.status, 0, "{}", out.stderr);
+    let s = Server::start(&dir);
+    let (ok, stdout, stderr) = python(AUTHLIB_CODE_FLOW, &[&s.base, "carol", password, redirect]);
+    assert!(ok, "Authlib could not complete the flow: {stderr}");
+    let v: Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(v["me"]["username"], "carol");
+    assert_eq!(v["me"]["client_id"], "py-app");
+    assert_eq!(v["scope"], "read");
+    assert_eq!(v["has_refresh"], true);
 }

@@ -35,6 +35,10 @@ fn categorization(kind: &str) -> (&'static [&'static str], &'static [&'static st
             (&["authentication"], &["start"])
         }
         "token.verified" | "token.rejected" => (&["authentication"], &["info"]),
+        "authorize.approved" => (&["authentication"], &["start"]),
+        "authorize.refused" | "authorize.denied" | "code.rejected" | "code.reused" => {
+            (&["authentication"], &["info"])
+        }
         "token.issued" => (&["session"], &["start"]),
         "token.refreshed" | "token.refresh_grace" | "refresh.reuse_detected" => {
             (&["session"], &["info"])

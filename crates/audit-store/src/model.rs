@@ -91,6 +91,20 @@ pub mod kinds {
     /// pair is served from then on, failure (reason `key_mismatch`, `key_permissions`,
     /// `no_certificate`, …) when it was refused and the previous pair kept.
     pub const TLS_RELOAD: &str = "tls.reload";
+    /// An authorization request (`/oauth/authorize`) refused before any login: unknown
+    /// client, unregistered redirect URI, missing or `plain` PKCE challenge, ...
+    pub const AUTHORIZE_REFUSED: &str = "authorize.refused";
+    /// A user logged in on the authorization page and approved the client: an
+    /// authorization code was issued (identified by its fingerprint).
+    pub const AUTHORIZE_APPROVED: &str = "authorize.approved";
+    /// A user declined the client on the authorization page.
+    pub const AUTHORIZE_DENIED: &str = "authorize.denied";
+    /// An authorization code refused at the token endpoint: unknown, expired, another
+    /// client's, another redirect URI's, or a PKCE verifier that does not match.
+    pub const CODE_REJECTED: &str = "code.rejected";
+    /// An authorization code presented a second time: the tokens issued for it are
+    /// revoked (RFC 6749 §4.1.2).
+    pub const CODE_REUSED: &str = "code.reused";
 
     /// Every kind above, in documentation order.
     pub const ALL: &[&str] = &[
@@ -119,6 +133,11 @@ pub mod kinds {
         AUDIT_PRUNED,
         TOKEN_REFRESH_GRACE,
         TLS_RELOAD,
+        AUTHORIZE_REFUSED,
+        AUTHORIZE_APPROVED,
+        AUTHORIZE_DENIED,
+        CODE_REJECTED,
+        CODE_REUSED,
     ];
 }
 

@@ -28,6 +28,8 @@ pub struct AppState {
     pub ingest: crate::ingest_api::IngestState,
     /// Delivery counters of the `[[forward]]` collectors.
     pub forward: crate::forward::ForwardStatus,
+    /// Authorization codes in flight and recently used (memory only, 60 s each).
+    pub codes: crate::oauth::code::CodeStore,
 }
 
 /// The audit store could not commit the event; the decision must not be acted on.

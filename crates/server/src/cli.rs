@@ -194,6 +194,11 @@ pub struct ServeArgs {
     /// The PEM private key of --tls-cert (mode 600: readable by its owner only).
     #[arg(long, env = "TOKENWATCH_TLS_KEY")]
     pub tls_key: Option<PathBuf>,
+    /// The issuer (`iss`) of tokenwatch's tokens and the base URL of its discovery
+    /// document, e.g. https://auth.example.com (default: http://<listen address>).
+    /// Other commands read TOKENWATCH_ISSUER or the config file's `issuer`.
+    #[arg(long, env = ISSUER_ENV)]
+    pub issuer: Option<String>,
     /// Generate realistic traffic, attacks included, against this server so the
     /// dashboard and detectors come alive. Creates demo users. Not for production.
     #[arg(long)]
@@ -222,19 +227,34 @@ pub enum RoleArg {
 
 #[derive(Subcommand, Debug)]
 pub enum ClientsCmd {
-    /// Register a client; its secret is printed once.
+    /// Register a client; its secret (a public client has none) is printed once.
     Add {
         client_id: String,
+        /// `public`: a browser or mobile app with no secret; it may use only the
+        /// authorization-code grant with PKCE (and refresh tokens).
         #[arg(long, value_enum, default_value = "confidential")]
         kind: ClientKindArg,
+        /// The scope the client may ask for (space-separated).
         #[arg(long)]
         scope: Option<String>,
+        /// Grants the client may use, comma-separated: authorization_code,
+        /// refresh_token, password, client_credentials (default: confidential
+        /// password,client_credentials,refresh_token; public
+        /// authorization_code,refresh_token). Leave out `password` to switch the
+        /// password grant off for this client.
+        #[arg(long, value_delimiter = ',')]
+        grant_types: Option<Vec<String>>,
+        /// A redirect URI of the authorization-code flow, matched exactly; repeat
+        /// for several.
+        #[arg(long = "redirect-uri")]
+        redirect_uris: Vec<String>,
     },
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug)]
 pub enum ClientKindArg {
     Confidential,
+    Public,
     ResourceServer,
 }
 
@@ -342,6 +362,8 @@ pub enum ExportWhat {
     Alerts,
 }
 
+const ISSUER_ENV: &str = "TOKENWATCH_ISSUER";
+
 pub fn settings(cli: &Cli, serve: Option<&ServeArgs>) -> Result<Settings> {
     let file = FileConfig::load(cli.config.as_deref())?;
     let overrides = Overrides {
@@ -355,6 +377,12 @@ pub fn settings(cli: &Cli, serve: Option<&ServeArgs>) -> Result<Settings> {
         checkpoint_mirrors: (!cli.checkpoint_mirrors.is_empty())
             .then(|| cli.checkpoint_mirrors.clone()),
         log_format: cli.log_format,
+        // Commands other than `serve` (token issue, keys import-hmac) need the same
+        // issuer as the server: the variable applies to them too.
+        issuer: match serve {
+            Some(s) => s.issuer.clone(),
+            None => std::env::var(ISSUER_ENV).ok().filter(|v| !v.is_empty()),
+        },
     };
     Ok(Settings::resolve(file, &overrides)?)
 }

@@ -13,7 +13,7 @@ use crate::cli::{
 };
 use crate::config::Settings;
 use crate::datadir::DataDirLock;
-use crate::state::{ClientKind, Role, StateDb};
+use crate::state::{ClientKind, GrantType, NewClient, Role, StateDb};
 
 /// A command that changes state: holds the data-dir lock and records what it did.
 pub(crate) struct AdminSession {
@@ -93,23 +93,51 @@ pub fn clients(settings: &Settings, cmd: ClientsCmd) -> Result<()> {
             client_id,
             kind,
             scope,
+            grant_types,
+            redirect_uris,
         } => {
             let kind = match kind {
                 ClientKindArg::Confidential => ClientKind::Confidential,
+                ClientKindArg::Public => ClientKind::Public,
                 ClientKindArg::ResourceServer => ClientKind::ResourceServer,
+            };
+            let grant_types = grant_types
+                .map(|gs| {
+                    gs.iter()
+                        .map(|g| g.trim().parse::<GrantType>())
+                        .collect::<Result<Vec<_>, _>>()
+                })
+                .transpose()?;
+            let new = NewClient {
+                client_id: client_id.clone(),
+                kind,
+                scope,
+                grant_types,
+                redirect_uris,
             };
             let session = AdminSession::open(settings)?;
             let state = StateDb::open(&settings.state_db_path())?;
-            let secret = state.add_client(&client_id, kind, scope.as_deref())?;
+            let secret = state.add_client(&new)?;
+            let client = state
+                .find_client(&client_id)?
+                .ok_or_else(|| anyhow!("client {client_id:?} vanished after it was added"))?;
+            let grants: Vec<&str> = client.grant_types.iter().map(|g| g.as_str()).collect();
             session.record(
                 "clients add",
                 Outcome::Success,
-                json!({ "client_id": client_id, "kind": kind.as_str() }),
+                json!({ "client_id": client_id, "kind": kind.as_str(), "grant_types": grants,
+                    "redirect_uris": client.redirect_uris }),
             )?;
             session.close()?;
             cli::print_line(&format!("client_id: {client_id}"))?;
-            cli::print_line(&format!("client_secret: {secret}"))?;
-            eprintln!("The secret is shown once; store it now.");
+            cli::print_line(&format!("grant_types: {}", grants.join(" ")))?;
+            match secret {
+                Some(secret) => {
+                    cli::print_line(&format!("client_secret: {secret}"))?;
+                    eprintln!("The secret is shown once; store it now.");
+                }
+                None => eprintln!("A public client has no secret: it uses PKCE."),
+            }
             Ok(())
         }
     }

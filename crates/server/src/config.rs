@@ -185,7 +185,12 @@ pub struct Settings {
     pub tls: Option<TlsFiles>,
     pub data_dir: PathBuf,
     pub plugin_dir: PathBuf,
+    /// The `iss` of every token and the base of every URL in the discovery
+    /// document: an absolute http(s) URL without query or fragment (RFC 8414).
     pub issuer: String,
+    /// True when no issuer was configured and it was derived from `listen`: `serve`
+    /// derives it again from the address actually bound (port 0 picks one).
+    pub issuer_from_listen: bool,
     pub audience: String,
     pub signing_alg: token_core::Alg,
     pub access_ttl: Duration,
@@ -255,6 +260,63 @@ pub struct Overrides {
     /// Replaces the file's list when given.
     pub checkpoint_mirrors: Option<Vec<PathBuf>>,
     pub log_format: Option<crate::logging::LogFormat>,
+    pub issuer: Option<String>,
+}
+
+/// Checks an issuer identifier (RFC 8414 §2): an absolute http or https URL with a
+/// host and no query, fragment or user info, written in its one canonical spelling
+/// (lowercase scheme and host, no default port), so that two spellings of one
+/// issuer cannot pass for two issuers. A trailing `/` is kept as written: tokens
+/// carry the issuer verbatim.
+pub fn validate_issuer(text: &str) -> Result<String, ConfigError> {
+    let invalid = |message: String| ConfigError::Invalid {
+        key: "issuer",
+        message,
+    };
+    let url = url::Url::parse(text).map_err(|e| {
+        invalid(format!(
+            "{text:?} is not an absolute URL ({e}); use e.g. \"https://auth.example.com\""
+        ))
+    })?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(invalid(format!("{text:?} must be an http or https URL")));
+    }
+    if url.host().is_none() || !url.username().is_empty() || url.password().is_some() {
+        return Err(invalid(format!(
+            "{text:?} must name a host and carry no user name or password"
+        )));
+    }
+    if url.query().is_some() || url.fragment().is_some() || text.contains(['?', '#']) {
+        return Err(invalid(format!(
+            "{text:?} must have no query or fragment (RFC 8414)"
+        )));
+    }
+    let canonical = url.as_str();
+    if text != canonical && format!("{text}/") != canonical {
+        return Err(invalid(format!(
+            "{text:?} is not in canonical form; write it as {:?}",
+            canonical
+                .strip_suffix('/')
+                .filter(|_| url.path() == "/")
+                .unwrap_or(canonical)
+        )));
+    }
+    Ok(text.to_string())
+}
+
+/// The issuer of a server that was given none: its own address, as a client on
+/// this machine reaches it (an unspecified address such as 0.0.0.0 becomes loopback).
+pub fn issuer_for_listen(addr: SocketAddr) -> String {
+    let ip = match addr.ip() {
+        std::net::IpAddr::V4(v4) if v4.is_unspecified() => std::net::Ipv4Addr::LOCALHOST.into(),
+        std::net::IpAddr::V6(v6) if v6.is_unspecified() => std::net::Ipv6Addr::LOCALHOST.into(),
+        ip => ip,
+    };
+    match (ip, addr.port()) {
+        (ip, 80) if ip.is_ipv4() => format!("http://{ip}"),
+        (ip, 80) => format!("http://[{ip}]"),
+        (ip, port) => format!("http://{}", SocketAddr::new(ip, port)),
+    }
 }
 
 impl Settings {
@@ -368,6 +430,10 @@ impl Settings {
             s => Duration::from_secs(s.unwrap_or(300)),
         };
         let refresh_reuse_grace = refresh_reuse_grace(file.refresh_reuse_grace_secs)?;
+        let (issuer, issuer_from_listen) = match cli.issuer.clone().or(file.issuer) {
+            Some(text) => (validate_issuer(&text)?, false),
+            None => (issuer_for_listen(listen), true),
+        };
         let ingest = file.ingest.resolve();
         let forward = crate::forward::resolve(&file.forward)?;
         Ok(Settings {
@@ -378,7 +444,8 @@ impl Settings {
             listen,
             tls,
             plugin_dir,
-            issuer: file.issuer.unwrap_or_else(|| "tokenwatch".into()),
+            issuer,
+            issuer_from_listen,
             audience: file.audience.unwrap_or_else(|| "tokenwatch-api".into()),
             signing_alg,
             access_ttl: Duration::from_secs(file.access_ttl_secs.unwrap_or(15 * 60)),
@@ -549,5 +616,57 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("xml") && err.contains("json"), "{err}");
+    }
+
+    #[test]
+    fn issuer_is_a_canonical_url_or_derived_from_listen() {
+        for ok in [
+            "https://auth.example.com",
+            "https://auth.example.com/",
+            "https://auth.example.com/tenant-a",
+            "http://127.0.0.1:8080",
+            "http://[::1]:9000",
+        ] {
+            assert_eq!(validate_issuer(ok).expect(ok), ok);
+        }
+        for (bad, says) in [
+            ("tokenwatch", "not an absolute URL"),
+            ("ftp://auth.example.com", "http or https"),
+            ("https://auth.example.com?x=1", "no query or fragment"),
+            ("https://auth.example.com#f", "no query or fragment"),
+            ("https://auth.example.com?", "no query or fragment"),
+            ("https://user:pw@auth.example.com", "user name"),
+            ("https://AUTH.example.com", "\"https://auth.example.com\""),
+            (
+                "https://auth.example.com:443",
+                "\"https://auth.example.com\"",
+            ),
+            ("urn:tokenwatch", "http or https"),
+        ] {
+            let err = validate_issuer(bad).expect_err(bad).to_string();
+            assert!(err.contains("issuer") && err.contains(says), "{bad}: {err}");
+        }
+        let derived = Settings::resolve(FileConfig::default(), &Overrides::default()).unwrap();
+        assert_eq!(derived.issuer, "http://127.0.0.1:8080");
+        assert!(derived.issuer_from_listen);
+        assert_eq!(
+            issuer_for_listen("0.0.0.0:80".parse().unwrap()),
+            "http://127.0.0.1"
+        );
+        assert_eq!(
+            issuer_for_listen("[::]:8443".parse().unwrap()),
+            "http://[::1]:8443"
+        );
+        let cli = Overrides {
+            issuer: Some("https://id.example.org".into()),
+            ..Overrides::default()
+        };
+        let file = FileConfig {
+            issuer: Some("https://ignored.example.org".into()),
+            ..FileConfig::default()
+        };
+        let s = Settings::resolve(file, &cli).unwrap();
+        assert_eq!(s.issuer, "https://id.example.org");
+        assert!(!s.issuer_from_listen);
     }
 }

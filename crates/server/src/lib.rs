@@ -8,6 +8,7 @@ pub mod admin;
 pub mod app;
 pub mod bearer;
 pub mod cli;
+pub mod clients;
 pub mod commands;
 pub mod config;
 pub mod datadir;

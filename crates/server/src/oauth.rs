@@ -1,6 +1,14 @@
-//! The OAuth 2.0 endpoints: token (RFC 6749), introspection (RFC 7662) and
-//! revocation (RFC 7009). Each decision is committed to the audit store before
-//! the answer leaves the server.
+//! The OAuth 2.0 endpoints: token (RFC 6749), authorization with PKCE
+//! (`authorize`, `code`), metadata (`discovery`, RFC 8414), introspection
+//! (RFC 7662) and revocation (RFC 7009, both in `revocation`). Each decision is
+//! committed to the audit store before the answer leaves the server.
+
+pub mod authorize;
+pub mod code;
+pub mod discovery;
+mod revocation;
+
+pub use revocation::{introspect, revoke};
 
 use std::collections::HashMap;
 
@@ -10,14 +18,12 @@ use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
 use audit_store::{kinds, NewEvent, Outcome};
 use base64::Engine;
 use serde_json::json;
-use token_core::{
-    AccessRequest, IssuedRefresh, IssuedToken, KeyOrigin, RefreshError, RefreshRevocation,
-};
+use token_core::{AccessRequest, IssuedRefresh, IssuedToken, RefreshError};
 
 use crate::app::{AuditUnavailable, Data};
 use crate::passwords;
 use crate::request_meta::RequestMeta;
-use crate::state::{Client, ClientKind, Lockout, StateDb, User};
+use crate::state::{Client, ClientKind, GrantType, Lockout, StateDb, User};
 
 /// RFC 6749 §5.2 error responses. The description never says whether a user exists.
 #[derive(Debug, thiserror::Error)]
@@ -207,6 +213,10 @@ async fn authenticate_client(
             OAuthError::Unavailable
         })?;
     let ok = match (&found, &presented.secret) {
+        // A public client has no secret: its client_id is all it presents, and a
+        // secret it should not have is refused rather than ignored.
+        (Some(client), None) => client.kind == ClientKind::Public,
+        (Some(client), Some(_)) if client.kind == ClientKind::Public => false,
         (Some(client), Some(secret)) => passwords::constant_time_eq(
             crate::state::sha256_hex(secret.as_bytes()).as_bytes(),
             client.secret_sha256.as_bytes(),
@@ -282,6 +292,7 @@ pub async fn token(
         "password" => password_grant(&data, &meta, &form, client).await,
         "refresh_token" => refresh_grant(&data, &meta, &form, client).await,
         "client_credentials" => client_credentials_grant(&data, &meta, &form, client).await,
+        "authorization_code" => code::exchange(&data, &meta, &form, client).await,
         _ => Err(OAuthError::UnsupportedGrantType),
     }
 }
@@ -338,27 +349,19 @@ enum LoginCheck {
     Disabled,
 }
 
-async fn password_grant(
+/// Checks a username and password as every login does: a running lockout of the
+/// client IP or the account first (no hash is computed then), then argon2id.
+async fn check_login(
     data: &Data,
-    meta: &RequestMeta,
-    form: &Form,
-    client: Option<Client>,
-) -> Result<HttpResponse, OAuthError> {
-    if client
-        .as_ref()
-        .is_some_and(|c| c.kind != ClientKind::Confidential)
-    {
-        return Err(OAuthError::UnauthorizedClient);
-    }
-    let username = form.require("username")?.to_string();
-    let password = form.require("password")?.to_string();
-    let client_id = client.as_ref().map(|c| c.client_id.clone());
+    client_ip: Option<String>,
+    username: &str,
+    password: String,
+) -> Result<LoginCheck, OAuthError> {
     let state = data.state.clone();
-    let name = username.clone();
-    let client_ip = meta.client_ip.clone();
+    let name = username.to_string();
     // argon2id costs tens of milliseconds of CPU, and the lookups are SQLite:
-    // keep both off the async workers. A lockout is checked before any hash.
-    let check = web::block(move || -> Result<LoginCheck, crate::state::StateError> {
+    // keep both off the async workers.
+    web::block(move || -> Result<LoginCheck, crate::state::StateError> {
         if let Some((reason, lock)) = lockout_for(&state, client_ip.as_deref(), &name)? {
             return Ok(LoginCheck::LockedOut(reason, lock));
         }
@@ -379,7 +382,38 @@ async fn password_grant(
     .map_err(|e| {
         tracing::error!(error = %e, "user lookup failed");
         OAuthError::Unavailable
-    })?;
+    })
+}
+
+/// A client asked for a grant it is not registered for: `unauthorized_client`,
+/// recorded as a failed client login naming the grant.
+async fn refuse_grant(
+    data: &Data,
+    meta: &RequestMeta,
+    client: &Client,
+    grant: GrantType,
+) -> Result<HttpResponse, OAuthError> {
+    let mut ev = meta.event(kinds::AUTH_LOGIN_FAILURE, Outcome::Failure);
+    ev.reason = Some("unauthorized_client".into());
+    ev.username = Some(client.client_id.clone());
+    ev.detail = json!({ "credential": "client", "grant_type": grant.as_str(), "client_id": client.client_id });
+    data.record(ev).await?;
+    Err(OAuthError::UnauthorizedClient)
+}
+
+async fn password_grant(
+    data: &Data,
+    meta: &RequestMeta,
+    form: &Form,
+    client: Option<Client>,
+) -> Result<HttpResponse, OAuthError> {
+    if let Some(c) = client.as_ref().filter(|c| !c.allows(GrantType::Password)) {
+        return refuse_grant(data, meta, c, GrantType::Password).await;
+    }
+    let username = form.require("username")?.to_string();
+    let password = form.require("password")?.to_string();
+    let client_id = client.as_ref().map(|c| c.client_id.clone());
+    let check = check_login(data, meta.client_ip.clone(), &username, password).await?;
 
     let user = match check {
         LoginCheck::LockedOut(reason, lock) => {
@@ -478,6 +512,12 @@ async fn refresh_grant(
     form: &Form,
     client: Option<Client>,
 ) -> Result<HttpResponse, OAuthError> {
+    if let Some(c) = client
+        .as_ref()
+        .filter(|c| !c.allows(GrantType::RefreshToken))
+    {
+        return refuse_grant(data, meta, c, GrantType::RefreshToken).await;
+    }
     let presented = form.require("refresh_token")?.to_string();
     let fingerprint = token_core::fingerprint(&presented);
     let tokens = data.tokens.clone();
@@ -579,8 +619,8 @@ async fn client_credentials_grant(
     client: Option<Client>,
 ) -> Result<HttpResponse, OAuthError> {
     let client = match client {
-        Some(c) if c.kind == ClientKind::Confidential => c,
-        Some(_) => return Err(OAuthError::UnauthorizedClient),
+        Some(c) if c.allows(GrantType::ClientCredentials) => c,
+        Some(c) => return refuse_grant(data, meta, &c, GrantType::ClientCredentials).await,
         None => return Err(OAuthError::InvalidClient { via_basic: false }),
     };
     let scope = form
@@ -605,169 +645,4 @@ async fn client_credentials_grant(
     ev.detail = json!({ "grant_type": "client_credentials", "client_id": client.client_id, "expires_at": access.expires_at });
     data.record(ev).await?;
     Ok(token_response(&access, None, scope.as_deref()))
-}
-
-/// RFC 7662. Only an authenticated client or resource server may ask; an
-/// inactive token is answered with exactly `{"active": false}`, its reason
-/// goes only to the audit log.
-pub async fn introspect(
-    req: HttpRequest,
-    body: web::Bytes,
-    data: Data,
-) -> Result<HttpResponse, OAuthError> {
-    let meta = RequestMeta::from_request(&req);
-    let form = Form::parse(&body)?;
-    let presented =
-        presented_client(&req, &form)?.ok_or(OAuthError::InvalidClient { via_basic: false })?;
-    let client = authenticate_client(&data, &meta, presented).await?;
-    let token = form.require("token")?;
-    let body = match data.tokens.verify(token) {
-        Ok(v) => {
-            let c = &v.claims;
-            let mut ev = meta.event(kinds::TOKEN_VERIFIED, Outcome::Success);
-            ev.subject = Some(c.sub.clone());
-            ev.username = c.username.clone();
-            ev.jti = Some(c.jti.clone());
-            ev.kid = Some(v.kid.clone());
-            ev.alg = Some(v.alg.as_str().to_string());
-            ev.token_fp = Some(v.fingerprint.clone());
-            ev.detail = json!({ "via": "introspection", "client_id": client.client_id });
-            data.record(ev).await?;
-            json!({
-                "active": true,
-                "token_type": "Bearer",
-                "iss": c.iss, "sub": c.sub, "aud": c.aud, "exp": c.exp, "iat": c.iat, "nbf": c.nbf, "jti": c.jti,
-                "username": c.username, "scope": c.scope, "client_id": c.client_id,
-            })
-        }
-        Err(rejection) => {
-            let mut ev = crate::bearer::rejection_event(&meta, kinds::TOKEN_REJECTED, &rejection);
-            ev.detail = json!({ "via": "introspection", "client_id": client.client_id, "message": rejection.message });
-            data.record(ev).await?;
-            json!({ "active": false })
-        }
-    };
-    Ok(HttpResponse::Ok()
-        .insert_header((header::CACHE_CONTROL, "no-store"))
-        .json(body))
-}
-
-/// RFC 7009. The client authenticates (§2.1) as at the token endpoint, and only
-/// a token issued to it is revoked. The answer is 200 whether the token was
-/// revoked, unknown, or another client's, so the endpoint cannot be used to probe
-/// tokens; what happened is in the audit log.
-pub async fn revoke(
-    req: HttpRequest,
-    body: web::Bytes,
-    data: Data,
-) -> Result<HttpResponse, OAuthError> {
-    let meta = RequestMeta::from_request(&req);
-    let form = Form::parse(&body)?;
-    let Some(presented) = presented_client(&req, &form)? else {
-        return refuse_unauthenticated_revoke(&data, &meta, &form).await;
-    };
-    let client_id = authenticate_client(&data, &meta, presented)
-        .await?
-        .client_id;
-    let token = form.require("token")?.to_string();
-    let mut ev = meta.event(kinds::TOKEN_REVOKED, Outcome::Success);
-    ev.token_fp = Some(token_core::fingerprint(&token));
-    let looks_like_jwt = token.matches('.').count() == 2;
-    if looks_like_jwt && form.get("token_type_hint") != Some("refresh_token") {
-        revoke_access_token(&data, &token, &client_id, &mut ev)?;
-    } else {
-        revoke_refresh_token(&data, token, &client_id, &mut ev).await?;
-    }
-    data.record(ev).await?;
-    Ok(HttpResponse::Ok()
-        .insert_header((header::CACHE_CONTROL, "no-store"))
-        .finish())
-}
-
-/// No client credentials: 401 `invalid_client` (RFC 6749 §5.2), audited with the
-/// fingerprint of the token that was to be revoked.
-async fn refuse_unauthenticated_revoke(
-    data: &Data,
-    meta: &RequestMeta,
-    form: &Form,
-) -> Result<HttpResponse, OAuthError> {
-    let mut ev = meta.event(kinds::TOKEN_REVOKED, Outcome::Failure);
-    ev.reason = Some("invalid_client".into());
-    ev.token_fp = form.get("token").map(token_core::fingerprint);
-    ev.detail = json!({ "effect": "nothing revoked", "message": "revocation requires client authentication" });
-    data.record(ev).await?;
-    Err(OAuthError::InvalidClient { via_basic: false })
-}
-
-/// Revokes an access token issued to `client_id` by tokenwatch itself; any other
-/// token is left alone and the event says why.
-fn revoke_access_token(
-    data: &Data,
-    token: &str,
-    client_id: &str,
-    ev: &mut NewEvent,
-) -> Result<(), OAuthError> {
-    let v = match data.tokens.verify(token) {
-        Ok(v) => v,
-        Err(rejection) => {
-            ev.outcome = Outcome::Failure;
-            ev.reason = Some(rejection.reason.as_str().to_string());
-            ev.jti = rejection.jti.clone();
-            ev.detail = json!({ "token_type": "access_token", "client_id": client_id, "effect": "nothing to revoke" });
-            return Ok(());
-        }
-    };
-    ev.subject = Some(v.claims.sub.clone());
-    ev.username = v.claims.username.clone();
-    ev.jti = Some(v.claims.jti.clone());
-    ev.kid = Some(v.kid.clone());
-    ev.alg = Some(v.alg.as_str().to_string());
-    let owned = v.origin == KeyOrigin::Own && v.claims.client_id.as_deref() == Some(client_id);
-    if !owned {
-        ev.outcome = Outcome::Failure;
-        ev.reason = Some("client_mismatch".into());
-        ev.detail = json!({ "token_type": "access_token", "client_id": client_id,
-            "token_client_id": v.claims.client_id, "effect": "not revoked: the token was not issued to this client" });
-        return Ok(());
-    }
-    data.tokens
-        .revoke_access(&v.claims.jti, v.claims.exp)
-        .map_err(|e| {
-            tracing::error!(error = %e, "revocation store failed");
-            OAuthError::Unavailable
-        })?;
-    ev.detail = json!({ "token_type": "access_token", "client_id": client_id });
-    Ok(())
-}
-
-async fn revoke_refresh_token(
-    data: &Data,
-    token: String,
-    client_id: &str,
-    ev: &mut NewEvent,
-) -> Result<(), OAuthError> {
-    let tokens = data.tokens.clone();
-    let cid = client_id.to_string();
-    let outcome = web::block(move || tokens.revoke_refresh(&token, Some(&cid)))
-        .await
-        .map_err(|_| OAuthError::Unavailable)?
-        .map_err(|e| {
-            tracing::error!(error = %e, "revocation store failed");
-            OAuthError::Unavailable
-        })?;
-    let (reason, family, effect) = match outcome {
-        RefreshRevocation::Revoked { family_id } => (None, Some(family_id), "family revoked"),
-        RefreshRevocation::Unknown => (Some("unknown_token"), None, "nothing to revoke"),
-        RefreshRevocation::OtherClient { family_id } => (
-            Some("client_mismatch"),
-            Some(family_id),
-            "not revoked: the token was not issued to this client",
-        ),
-    };
-    if let Some(reason) = reason {
-        ev.outcome = Outcome::Failure;
-        ev.reason = Some(reason.into());
-    }
-    ev.detail = json!({ "token_type": "refresh_token", "client_id": client_id, "refresh_family": family, "effect": effect });
-    Ok(())
 }

@@ -24,6 +24,16 @@ pub fn configure(cfg: &mut web::ServiceConfig, state: &web::Data<AppState>) {
         .route("/oauth/introspect", web::post().to(oauth::introspect))
         .route("/oauth/revoke", web::post().to(oauth::revoke))
         .route("/.well-known/jwks.json", web::get().to(jwks))
+        .route(
+            "/.well-known/oauth-authorization-server",
+            web::get().to(oauth::discovery::metadata),
+        )
+        .route(
+            "/.well-known/openid-configuration",
+            web::get().to(oauth::discovery::metadata),
+        )
+        .route("/oauth/authorize", web::get().to(oauth::authorize::show))
+        .route("/oauth/authorize", web::post().to(oauth::authorize::submit))
         .route("/healthz", web::get().to(healthz))
         .route("/metrics", web::get().to(metrics))
         .configure(crate::admin::configure)

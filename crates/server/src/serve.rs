@@ -48,6 +48,7 @@ pub fn open_app_state_with(settings: &Settings, detectors: bool) -> Result<web::
         ingest_limits: settings.ingest.clone(),
         ingest: Default::default(),
         forward: Default::default(),
+        codes: Default::default(),
     }))
 }
 
@@ -71,6 +72,20 @@ pub fn run(mut settings: Settings, demo: bool) -> Result<()> {
         &settings.log_level,
         settings.log_format,
     );
+    // Bound before the token service exists: an issuer derived from the listen
+    // address must name the port actually bound when --listen asked for port 0.
+    let listener =
+        bind(settings.listen).with_context(|| format!("listening on {}", settings.listen))?;
+    if settings.issuer_from_listen {
+        settings.issuer = crate::config::issuer_for_listen(listener.local_addr()?);
+        if tls.is_some() {
+            // The listener answers only HTTPS, so that is the scheme clients use.
+            settings.issuer = settings.issuer.replacen("http://", "https://", 1);
+        }
+        if settings.listen.ip().is_unspecified() {
+            tracing::warn!(issuer = %settings.issuer, "no issuer configured and listening on every address: tokens name a loopback issuer; set `issuer` to the URL clients use");
+        }
+    }
     let data = open_app_state_with(&settings, true)?;
     let store = data.store.clone();
     spawn_housekeeping(data.state.clone());
@@ -103,14 +118,14 @@ pub fn run(mut settings: Settings, demo: bool) -> Result<()> {
         Some((config, cert)) => {
             let files = settings.tls.clone().context("TLS files")?;
             let server = server
-                .bind_rustls_0_23(settings.listen, config)
+                .listen_rustls_0_23(listener, config)
                 .with_context(|| format!("listening on {}", settings.listen))?;
             let reloader = crate::tls::spawn_reloader(files, cert, data.audit.clone())?;
             (server, Some(reloader))
         }
         None => (
             server
-                .bind(settings.listen)
+                .listen(listener)
                 .with_context(|| format!("listening on {}", settings.listen))?,
             None,
         ),
@@ -120,7 +135,7 @@ pub fn run(mut settings: Settings, demo: bool) -> Result<()> {
         // Tests and scripts read this line to learn the port when --listen used port 0.
         crate::cli::print_line(&format!("tokenwatch listening on {scheme}://{addr}"))?;
     }
-    tracing::info!(listen = %settings.listen, data_dir = %settings.data_dir.display(), "tokenwatch serving");
+    tracing::info!(listen = %settings.listen, issuer = %settings.issuer, data_dir = %settings.data_dir.display(), "tokenwatch serving");
     if demo {
         let addr = *server
             .addrs()
@@ -144,6 +159,17 @@ pub fn run(mut settings: Settings, demo: bool) -> Result<()> {
     }
     drop(lock);
     Ok(())
+}
+
+/// A listening socket as actix-web's own `bind` makes it: SO_REUSEADDR, so a
+/// restart is not refused while the last run's connections sit in TIME_WAIT.
+fn bind(addr: std::net::SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    Ok(socket.into())
 }
 
 /// On an empty user table, creates `admin` with a random password printed once.

@@ -77,39 +77,7 @@ pub struct User {
     pub disabled: bool,
 }
 
-#[derive(Clone, Debug)]
-pub struct Client {
-    pub client_id: String,
-    /// SHA-256 of the generated secret: client secrets are 256-bit random values,
-    /// so a slow password hash adds latency to every introspection without adding safety.
-    pub secret_sha256: String,
-    pub kind: ClientKind,
-    pub scope: Option<String>,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ClientKind {
-    /// May use `client_credentials` and the password grant on behalf of users.
-    Confidential,
-    /// A resource server: may only call introspection.
-    ResourceServer,
-}
-
-impl ClientKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ClientKind::Confidential => "confidential",
-            ClientKind::ResourceServer => "resource_server",
-        }
-    }
-    fn parse(s: &str) -> ClientKind {
-        if s == "resource_server" {
-            ClientKind::ResourceServer
-        } else {
-            ClientKind::Confidential
-        }
-    }
-}
+pub use crate::clients::{Client, ClientKind, GrantType, NewClient};
 
 const MIGRATIONS: &[&str] = &[
     r#"
@@ -196,6 +164,15 @@ CREATE TABLE forward_cursors (
     // An exception's lapse is an audit event, recorded once: this marks it done.
     r#"
 ALTER TABLE exceptions ADD COLUMN lapse_recorded INTEGER NOT NULL DEFAULT 0;
+"#,
+    // Per-client grant types (space-separated) and redirect URIs (a JSON array) for
+    // the authorization-code flow. Existing clients keep exactly the grants their
+    // kind had before.
+    r#"
+ALTER TABLE clients ADD COLUMN grant_types TEXT NOT NULL DEFAULT '';
+ALTER TABLE clients ADD COLUMN redirect_uris TEXT NOT NULL DEFAULT '[]';
+UPDATE clients SET grant_types = 'password client_credentials refresh_token'
+    WHERE kind = 'confidential';
 "#,
 ];
 
@@ -339,44 +316,6 @@ impl StateDb {
             })
         })
         .transpose()
-    }
-
-    /// Registers a client and returns its generated secret, shown once.
-    pub fn add_client(
-        &self,
-        client_id: &str,
-        kind: ClientKind,
-        scope: Option<&str>,
-    ) -> Result<String, StateError> {
-        validate_name(client_id, "client id")?;
-        let secret = crate::random_token(32);
-        let conn = self.conn();
-        let inserted = conn.execute(
-            "INSERT OR IGNORE INTO clients (client_id, secret_sha256, kind, scope, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![client_id, sha256_hex(secret.as_bytes()), kind.as_str(), scope, now_secs()],
-        )?;
-        if inserted == 0 {
-            return Err(StateError::ClientExists(client_id.to_string()));
-        }
-        Ok(secret)
-    }
-
-    pub fn find_client(&self, client_id: &str) -> Result<Option<Client>, StateError> {
-        let conn = self.conn();
-        Ok(conn
-            .query_row(
-                "SELECT client_id, secret_sha256, kind, scope FROM clients WHERE client_id = ?1",
-                [client_id],
-                |r| {
-                    Ok(Client {
-                        client_id: r.get(0)?,
-                        secret_sha256: r.get(1)?,
-                        kind: ClientKind::parse(&r.get::<_, String>(2)?),
-                        scope: r.get(3)?,
-                    })
-                },
-            )
-            .optional()?)
     }
 
     fn insert_revocation(&self, kind: &str, id: &str, until: i64) -> Result<(), StoreFailure> {

@@ -16,7 +16,7 @@ use serde_json::{json, Value};
 use token_core::{Alg, IssuerBinding};
 use tokenwatch::app::AppState;
 use tokenwatch::config::FileConfig;
-use tokenwatch::state::{ClientKind, Role};
+use tokenwatch::state::{ClientKind, NewClient, Role};
 
 const PASSWORD: &str = "correct horse battery staple";
 
@@ -57,8 +57,9 @@ fn user_and_client(data: &AppState, user: &str, client: &str) -> String {
         .add_user(user, Role::User, PASSWORD)
         .expect("add user");
     data.state
-        .add_client(client, ClientKind::Confidential, None)
+        .add_client(&NewClient::new(client, ClientKind::Confidential))
         .expect("add client")
+        .expect("a confidential client has a secret")
 }
 
 /// `(access_token, refresh_token)` from the password grant through `client`.
@@ -253,8 +254,9 @@ async fn revocation_requires_the_client_that_holds_the_token() {
     let web_secret = user_and_client(&data, "alice", "web");
     let other_secret = data
         .state
-        .add_client("other", ClientKind::Confidential, None)
-        .expect("client");
+        .add_client(&NewClient::new("other", ClientKind::Confidential))
+        .expect("client")
+        .expect("secret");
     let (access, refresh) = login(&app, "alice", ("web", &web_secret)).await;
     let bearer = format!("Bearer {access}");
 

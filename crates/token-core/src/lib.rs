@@ -56,8 +56,8 @@ pub use reason::{Reason, Rejection};
 pub use sanitize::{log_safe_id, INVALID_ID};
 pub use secret::SecretToken;
 pub use service::{
-    IssueError, IssuedRefresh, IssuedToken, KeyOrigin, RefreshError, RefreshRevocation,
-    RotatedRefresh, TokenConfig, TokenService, VerifiedToken,
+    same_issuer, IssueError, IssuedRefresh, IssuedToken, KeyOrigin, RefreshError,
+    RefreshRevocation, RotatedRefresh, TokenConfig, TokenService, VerifiedToken,
 };
 pub use store::{
     MemoryRefreshStore, MemoryRevocations, RefreshRecord, RefreshStore, RevocationStore,

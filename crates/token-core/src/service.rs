@@ -665,7 +665,7 @@ impl TokenService {
                 "kid names an imported key bound to no issuer; it verifies nothing until \
                  it is imported again with an issuer",
             ),
-            Some(Some(b)) if b.issuer() == self.cfg.issuer => {
+            Some(Some(b)) if same_issuer(b.issuer(), &self.cfg.issuer) => {
                 Err("an imported key never verifies tokens of tokenwatch's own issuer")
             }
             Some(Some(b)) => Ok((
@@ -1043,6 +1043,13 @@ impl TokenService {
             .revoke_jti(jti, expires_at.saturating_add(self.leeway_secs()))
     }
 
+    /// Ends refresh family `family_id` and, through `sid`, its access tokens: for
+    /// the holder of a family id rather than a token (the tokens issued for an
+    /// authorization code that was presented again).
+    pub fn revoke_family(&self, family_id: &str) -> Result<(), StoreFailure> {
+        self.end_family(family_id, unix_now())
+    }
+
     /// RFC 7009 revocation of a refresh token by `client_id` (`None`: a token
     /// issued to no client): ends its whole family, including the family's access
     /// tokens, when the token was issued to that client (§2.1), and leaves it alone
@@ -1091,7 +1098,7 @@ impl TokenService {
     }
 
     fn refuse_own_issuer(&self, binding: &IssuerBinding) -> Result<(), KeyError> {
-        if binding.issuer() == self.cfg.issuer {
+        if same_issuer(binding.issuer(), &self.cfg.issuer) {
             return Err(KeyError::OwnIssuer {
                 issuer: self.cfg.issuer.clone(),
             });
@@ -1125,4 +1132,14 @@ impl TokenService {
     pub fn public_key_pem(&self, kid: &str) -> Option<String> {
         self.read_keys().public_key_pem(kid)
     }
+}
+
+/// Whether two issuer identifiers could name the same issuer to a relying party
+/// that compares loosely: equal but for ASCII case or a trailing `/`. Used only to
+/// refuse: an imported key is never bound to anything that could pass for
+/// tokenwatch's own issuer (an issuer URL such as `https://auth.example.com` and
+/// `https://AUTH.example.com/`).
+pub fn same_issuer(a: &str, b: &str) -> bool {
+    a.trim_end_matches('/')
+        .eq_ignore_ascii_case(b.trim_end_matches('/'))
 }

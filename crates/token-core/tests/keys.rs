@@ -413,6 +413,19 @@ fn imported_keys_verify_only_their_own_issuer_and_grant_no_roles() {
         )
         .expect_err("own issuer");
     assert!(matches!(err, KeyError::OwnIssuer { .. }), "{err}");
+    // ...and so is any spelling a loose relying party would take for it.
+    for alias in [format!("{ISS}/"), ISS.to_ascii_uppercase()] {
+        let err = f
+            .svc
+            .import_hmac(
+                "evil",
+                Alg::HS256,
+                &[7; 32],
+                &IssuerBinding::new(alias.clone(), None).expect("b"),
+            )
+            .expect_err(&alias);
+        assert!(matches!(err, KeyError::OwnIssuer { .. }), "{alias}: {err}");
+    }
     assert!(f.svc.keys().iter().all(|k| k.kid != "evil"));
     assert!(IssuerBinding::new(" ", None).is_err());
 }
