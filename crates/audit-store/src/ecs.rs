@@ -55,7 +55,7 @@ fn categorization(kind: &str) -> (&'static [&'static str], &'static [&'static st
         "plugin.loaded" => (&["configuration"], &["creation"]),
         "plugin.unloaded" => (&["configuration"], &["deletion"]),
         "plugin.failed" => (&["configuration"], &["info"]),
-        "exception.expired" => (&["configuration"], &["change"]),
+        "exception.expired" | "tls.reload" => (&["configuration"], &["change"]),
         _ => (&["api"], &["info"]),
     }
 }
