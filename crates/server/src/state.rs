@@ -197,6 +197,17 @@ CREATE TABLE forward_cursors (
     r#"
 ALTER TABLE exceptions ADD COLUMN lapse_recorded INTEGER NOT NULL DEFAULT 0;
 "#,
+    // Detector plugins that crashed or hung the detection process: not loaded
+    // again until the file's content changes or an admin re-enables them.
+    r#"
+CREATE TABLE plugin_quarantine (
+    file       TEXT PRIMARY KEY,
+    sha256     TEXT NOT NULL,
+    plugin     TEXT,
+    reason     TEXT NOT NULL,
+    at         INTEGER NOT NULL
+);
+"#,
 ];
 
 pub struct StateDb {
