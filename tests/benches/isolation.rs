@@ -150,7 +150,11 @@ fn fill(dir: &Path) -> (StoreConfig, i64) {
         .wait()
         .expect("cursor");
     }
-    let head = store.reader().expect("reader").max_event_id().expect("head");
+    let head = store
+        .reader()
+        .expect("reader")
+        .max_event_id()
+        .expect("head");
     store.shutdown().expect("close store");
     (cfg, head)
 }
@@ -237,7 +241,11 @@ fn detection_process(exe: &Path, plugin_dir: &Path, db: &Path, head: i64, total:
     drop(stdin);
     let _ = child.kill();
     let _ = child.wait();
-    assert_eq!(events, total * PLUGINS.len() as u64, "every plugin saw every event");
+    assert_eq!(
+        events,
+        total * PLUGINS.len() as u64,
+        "every plugin saw every event"
+    );
     elapsed.as_nanos() as f64 / total as f64
 }
 
@@ -269,15 +277,29 @@ fn main() {
     let (cfg, head) = fill(&data);
     // Ids run from 1 without gaps in a fresh record.
     let total = head as u64;
-    println!("{total} events in audit.db, 7 built-in detectors, median of {ROUNDS} interleaved rounds");
+    println!(
+        "{total} events in audit.db, 7 built-in detectors, median of {ROUNDS} interleaved rounds"
+    );
     let (mut inproc, mut outproc) = (vec![], vec![]);
     for _ in 0..ROUNDS {
         inproc.push(in_process(&plugin_dir, &cfg.db_path, total));
-        outproc.push(detection_process(&exe, &plugin_dir, &cfg.db_path, head, total));
+        outproc.push(detection_process(
+            &exe,
+            &plugin_dir,
+            &cfg.db_path,
+            head,
+            total,
+        ));
     }
     let (i, o) = (median(inproc), median(outproc));
-    println!("in process (feeder + plugin-host) {i:7.1} ns/event  {:6.2} M events/s", 1e3 / i);
-    println!("detection process (detect-worker) {o:7.1} ns/event  {:6.2} M events/s", 1e3 / o);
+    println!(
+        "in process (feeder + plugin-host) {i:7.1} ns/event  {:6.2} M events/s",
+        1e3 / i
+    );
+    println!(
+        "detection process (detect-worker) {o:7.1} ns/event  {:6.2} M events/s",
+        1e3 / o
+    );
     println!(
         "ratio: the detection process runs at {:.2}x the in-process rate (goal: at least 0.5)",
         i / o

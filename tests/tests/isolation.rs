@@ -15,8 +15,7 @@ use std::time::{Duration, Instant};
 
 use audit_store::{Alert, AlertFilter, StoredEvent};
 use tokenwatch_e2e::{
-    audit_reader, cli, data_dir, events_of, http, wait_for, wait_for_secs, workspace_root,
-    Server,
+    audit_reader, cli, data_dir, events_of, http, wait_for, wait_for_secs, workspace_root, Server,
 };
 
 /// Builds the faulty C plugin with the strictest flags: the shipped header
@@ -24,7 +23,16 @@ use tokenwatch_e2e::{
 fn build(out: &Path, name: &str, fault: u32, trigger: &str, extra: &[&str]) {
     let root = workspace_root();
     let status = Command::new(std::env::var("CC").unwrap_or_else(|_| "cc".into()))
-        .args(["-shared", "-fPIC", "-O1", "-std=c11", "-Wall", "-Wextra", "-Werror", "-pedantic"])
+        .args([
+            "-shared",
+            "-fPIC",
+            "-O1",
+            "-std=c11",
+            "-Wall",
+            "-Wextra",
+            "-Werror",
+            "-pedantic",
+        ])
         .arg("-I")
         .arg(root.join("crates/detector-api/include"))
         .arg(format!("-DTW_NAME=\"{name}\""))
@@ -46,7 +54,12 @@ fn install(from: &Path, plugin_dir: &Path, name: &str) {
 }
 
 fn metrics(s: &Server) -> String {
-    http().get(s.url("/metrics")).send().unwrap().text().unwrap()
+    http()
+        .get(s.url("/metrics"))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap()
 }
 
 fn metric(s: &Server, line_prefix: &str) -> Option<String> {
@@ -136,7 +149,11 @@ fn analysed_exactly_once(s: &Server, plugin: &str) -> Option<()> {
         .collect();
     let mut by_event: HashMap<i64, u64> = HashMap::new();
     for a in &alerts {
-        assert_eq!(a.count, 1, "{plugin} raised the alert for {:?} twice", a.evidence);
+        assert_eq!(
+            a.count, 1,
+            "{plugin} raised the alert for {:?} twice",
+            a.evidence
+        );
         for id in &a.evidence {
             *by_event.entry(*id).or_default() += 1;
         }
@@ -161,7 +178,10 @@ impl Load {
         let ok = Arc::new(AtomicU64::new(0));
         let failed = Arc::new(AtomicU64::new(0));
         let base = s.base.clone();
-        let password = s.admin_password.clone().expect("first start prints a password");
+        let password = s
+            .admin_password
+            .clone()
+            .expect("first start prints a password");
         let thread = std::thread::spawn({
             let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
             move || {
@@ -268,7 +288,15 @@ fn faulty_plugins_never_take_the_token_server_down() {
     }
     install(&so("truncated"), &plugins, "libtruncated.so");
     install(&so("wrong_arch"), &plugins, "libwrong_arch.so");
-    for name in ["c-good", "c-abort", "c-segv", "c-loop", "c-sleep", "c-errors", "c-strings"] {
+    for name in [
+        "c-good",
+        "c-abort",
+        "c-segv",
+        "c-loop",
+        "c-sleep",
+        "c-errors",
+        "c-strings",
+    ] {
         wait_for(name, || plugin_up(&s, name).filter(|u| *u));
     }
     let why = wait_for("truncated refused", || refusal_of(&s, "libtruncated.so"));
@@ -295,20 +323,43 @@ fn faulty_plugins_never_take_the_token_server_down() {
     }
 
     let segv = wait_for("c-segv quarantined", || failure_of(&s, "c-segv"));
-    assert!(detail(&segv, "error").contains("SIGSEGV"), "{:?}", segv.detail);
-    assert!(detail(&segv, "error").contains("2 crashes"), "{:?}", segv.detail);
+    assert!(
+        detail(&segv, "error").contains("SIGSEGV"),
+        "{:?}",
+        segv.detail
+    );
+    assert!(
+        detail(&segv, "error").contains("2 crashes"),
+        "{:?}",
+        segv.detail
+    );
     let abort = wait_for("c-abort quarantined", || failure_of(&s, "c-abort"));
-    assert!(detail(&abort, "error").contains("SIGABRT"), "{:?}", abort.detail);
+    assert!(
+        detail(&abort, "error").contains("SIGABRT"),
+        "{:?}",
+        abort.detail
+    );
     let hung = wait_for("c-loop quarantined", || failure_of(&s, "c-loop"));
-    assert!(detail(&hung, "error").contains("2500 ms limit"), "{:?}", hung.detail);
+    assert!(
+        detail(&hung, "error").contains("2500 ms limit"),
+        "{:?}",
+        hung.detail
+    );
     let errors = wait_for("c-errors quarantined", || failure_of(&s, "c-errors"));
     let why = detail(&errors, "error");
     assert!(why.contains("3 errors within 300 s"), "{why}");
-    assert!(why.contains("sparse failure") && !why.contains("past the stated"), "{why}");
+    assert!(
+        why.contains("sparse failure") && !why.contains("past the stated"),
+        "{why}"
+    );
     for name in ["c-segv", "c-abort", "c-loop", "c-errors"] {
         assert_eq!(plugin_up(&s, name), Some(false), "{name}");
         assert_eq!(
-            metric(&s, &format!("tokenwatch_plugin_quarantined{{plugin=\"{name}\",")).as_deref(),
+            metric(
+                &s,
+                &format!("tokenwatch_plugin_quarantined{{plugin=\"{name}\",")
+            )
+            .as_deref(),
             Some("1"),
             "{name}"
         );
@@ -330,10 +381,18 @@ fn faulty_plugins_never_take_the_token_server_down() {
             .find(|a| a.rule == "nul-padded")
     });
     assert_eq!(padded.summary, "padded summary");
-    assert!(alerts_of(&s, "c-strings").iter().all(|a| a.rule != "oversized"));
+    assert!(alerts_of(&s, "c-strings")
+        .iter()
+        .all(|a| a.rule != "oversized"));
 
     // The overwrite of a loaded file, in place (cp truncates, then writes).
-    build(&so("c_good2"), "c-good", 0, "-", &["-DTW_VERSION=\"2.0.0\""]);
+    build(
+        &so("c_good2"),
+        "c-good",
+        0,
+        "-",
+        &["-DTW_VERSION=\"2.0.0\""],
+    );
     std::fs::copy(so("c_good2"), plugins.join("libc_good.so")).unwrap();
     wait_for("c-good 2.0.0", || {
         events_of(&s, "plugin.loaded")
@@ -373,20 +432,37 @@ fn faulty_plugins_never_take_the_token_server_down() {
 
     // The others kept alerting, and analysed every committed event once.
     let (ok, failed, problems) = load.finish();
-    wait_for("c-good analysed everything", || analysed_exactly_once(&s, "c-good"));
-    wait_for("c-sleep analysed everything", || analysed_exactly_once(&s, "c-sleep"));
+    wait_for("c-good analysed everything", || {
+        analysed_exactly_once(&s, "c-good")
+    });
+    wait_for("c-sleep analysed everything", || {
+        analysed_exactly_once(&s, "c-sleep")
+    });
     assert!(plugin_up(&s, "brute-force") == Some(true));
     assert!(ok > 50, "the load generator got only {ok} answers");
     assert_eq!(failed, 0, "failed requests: {problems:?}");
-    let health: serde_json::Value = http().get(s.url("/healthz")).send().unwrap().json().unwrap();
+    let health: serde_json::Value = http()
+        .get(s.url("/healthz"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
     assert_eq!(health["status"], "ok");
     assert_eq!(health["detection"]["up"], true, "{health}");
-    assert!(health["detection"]["plugins_quarantined"].as_u64() >= Some(4), "{health}");
+    assert!(
+        health["detection"]["plugins_quarantined"].as_u64() >= Some(4),
+        "{health}"
+    );
     s.stop();
 
     // The quarantine holds across restarts and shows in `plugins list`.
     let out = cli(&dir, &["plugins", "list"], "");
-    for file in ["libc_segv.so", "libc_abort.so", "libc_loop.so", "libc_errors.so"] {
+    for file in [
+        "libc_segv.so",
+        "libc_abort.so",
+        "libc_loop.so",
+        "libc_errors.so",
+    ] {
         assert!(
             out.stdout
                 .lines()
@@ -397,10 +473,18 @@ fn faulty_plugins_never_take_the_token_server_down() {
     }
     assert!(out.stdout.contains("truncated"), "{}", out.stdout);
     // `plugins check` refuses the bad files with the reason, without mapping them.
-    let out = cli(&dir, &["plugins", "check", so("truncated").to_str().unwrap()], "");
+    let out = cli(
+        &dir,
+        &["plugins", "check", so("truncated").to_str().unwrap()],
+        "",
+    );
     assert_eq!(out.status, 1);
     assert!(out.stdout.contains("truncated"), "{}", out.stdout);
-    let out = cli(&dir, &["plugins", "check", so("wrong_arch").to_str().unwrap()], "");
+    let out = cli(
+        &dir,
+        &["plugins", "check", so("wrong_arch").to_str().unwrap()],
+        "",
+    );
     assert_eq!(out.status, 1);
     assert!(out.stdout.contains("built for ARM"), "{}", out.stdout);
 }

@@ -22,8 +22,8 @@ use crate::keys::{self, Keys};
 use crate::reader::AuditReader;
 use crate::watch::FileIdentity;
 use crate::{
-    kinds, model::now_us, AlertStatus, DetectionCommit, NewAlert, NewEvent, Outcome, StoreConfig, StoreError,
-    MAX_EVIDENCE,
+    kinds, model::now_us, AlertStatus, DetectionCommit, NewAlert, NewEvent, Outcome, StoreConfig,
+    StoreError, MAX_EVIDENCE,
 };
 
 /// What `open_accepting_loss` recorded.

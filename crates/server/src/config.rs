@@ -261,7 +261,10 @@ impl DetectionSettings {
             );
         }
         if self.max_crashes == 0 || self.max_errors == 0 {
-            return bad("detection.max_crashes", "max_crashes and max_errors must be at least 1");
+            return bad(
+                "detection.max_crashes",
+                "max_crashes and max_errors must be at least 1",
+            );
         }
         if self.crash_window_secs == 0 || self.error_window_secs == 0 || self.tick_ms == 0 {
             return bad(

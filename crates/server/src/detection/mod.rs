@@ -63,7 +63,11 @@ pub struct Detection {
 impl Detection {
     /// Prepares the plugin folder and starts the detection process, which
     /// loads every plugin in it and resumes each from its stored cursor.
-    pub fn start(settings: &Settings, store: &AuditStore, state: Arc<StateDb>) -> Result<Detection> {
+    pub fn start(
+        settings: &Settings,
+        store: &AuditStore,
+        state: Arc<StateDb>,
+    ) -> Result<Detection> {
         prepare_plugin_dir(&settings.plugin_dir)?;
         let exe = std::env::current_exe().context("locating the tokenwatch binary")?;
         let suppressed = Arc::new(AtomicU64::new(0));
@@ -77,7 +81,10 @@ impl Detection {
         let health = Arc::new(ProcessHealth::default());
         let (ctl, ctl_rx) = unbounded();
         let watcher = supervisor::watch(&settings.plugin_dir, ctl.clone()).with_context(|| {
-            format!("watching the plugin folder {}", settings.plugin_dir.display())
+            format!(
+                "watching the plugin folder {}",
+                settings.plugin_dir.display()
+            )
         })?;
         let sup = Supervisor::new(
             supervisor::Config {
@@ -278,7 +285,6 @@ pub fn severity(s: plugin_host::Severity) -> audit_store::Severity {
         plugin_host::Severity::Critical => audit_store::Severity::Critical,
     }
 }
-
 
 /// Loads `file` in a separate process (`detect-worker --check`) and says
 /// what it is, or why it is refused: a file that crashes or hangs while

@@ -27,10 +27,25 @@ pub(crate) struct StoreSink {
 
 /// A plugin lifecycle change, recorded as a `plugin.*` event.
 pub(crate) enum Lifecycle<'a> {
-    Loaded { name: &'a str, version: &'a str },
-    Failed { name: Option<&'a str>, reason: &'a str, quarantined: bool },
-    Unloaded { name: &'a str, why: &'a str },
-    OverBudget { name: &'a str, call: &'a str, ms: u64, budget_ms: u64 },
+    Loaded {
+        name: &'a str,
+        version: &'a str,
+    },
+    Failed {
+        name: Option<&'a str>,
+        reason: &'a str,
+        quarantined: bool,
+    },
+    Unloaded {
+        name: &'a str,
+        why: &'a str,
+    },
+    OverBudget {
+        name: &'a str,
+        call: &'a str,
+        ms: u64,
+        budget_ms: u64,
+    },
 }
 
 impl StoreSink {
@@ -135,7 +150,14 @@ impl StoreSink {
                 quarantined,
             } => {
                 let mut ev = NewEvent::new(kinds::PLUGIN_FAILED, Outcome::Failure);
-                ev.reason = Some(if quarantined { "plugin_quarantined" } else { "plugin_refused" }.into());
+                ev.reason = Some(
+                    if quarantined {
+                        "plugin_quarantined"
+                    } else {
+                        "plugin_refused"
+                    }
+                    .into(),
+                );
                 ev.detail = json!({ "plugin": name, "file": file, "error": reason, "quarantined": quarantined });
                 ev
             }

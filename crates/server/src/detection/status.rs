@@ -145,33 +145,60 @@ pub(crate) fn metrics_text(plugins: &[PluginView], head: i64) -> String {
     let mut out = String::new();
     type Getter = fn(&PluginView, i64) -> String;
     let families: [(&str, &str, &str, Getter); 9] = [
-        ("tokenwatch_plugin_up", "gauge", "1 when the plugin is running.", |p, _| {
-            u8::from(p.status == Status::Running).to_string()
-        }),
-        ("tokenwatch_plugin_quarantined", "gauge", "1 when the plugin is quarantined.", |p, _| {
-            u8::from(matches!(p.status, Status::Quarantined(_))).to_string()
-        }),
-        ("tokenwatch_plugin_events_total", "counter", "Events delivered to the plugin.", |p, _| {
-            p.events_seen.to_string()
-        }),
-        ("tokenwatch_plugin_alerts_total", "counter", "Alerts raised by the plugin.", |p, _| {
-            p.alerts_raised.to_string()
-        }),
-        ("tokenwatch_plugin_errors_total", "counter", "Errors returned by the plugin.", |p, _| {
-            p.errors.to_string()
-        }),
-        ("tokenwatch_plugin_time_seconds_total", "counter", "Time spent inside the plugin.", |p, _| {
-            format!("{:.9}", p.time_spent_ns as f64 / 1e9)
-        }),
-        ("tokenwatch_plugin_over_budget_total", "counter", "Calls that ran over the time budget.", |p, _| {
-            p.over_budget.to_string()
-        }),
-        ("tokenwatch_plugin_crashes_total", "counter", "Times the plugin took the detection process down.", |p, _| {
-            p.crashes.to_string()
-        }),
-        ("tokenwatch_plugin_lag_events", "gauge", "Committed events the plugin has not analysed yet.", |p, head| {
-            (head - p.cursor).max(0).to_string()
-        }),
+        (
+            "tokenwatch_plugin_up",
+            "gauge",
+            "1 when the plugin is running.",
+            |p, _| u8::from(p.status == Status::Running).to_string(),
+        ),
+        (
+            "tokenwatch_plugin_quarantined",
+            "gauge",
+            "1 when the plugin is quarantined.",
+            |p, _| u8::from(matches!(p.status, Status::Quarantined(_))).to_string(),
+        ),
+        (
+            "tokenwatch_plugin_events_total",
+            "counter",
+            "Events delivered to the plugin.",
+            |p, _| p.events_seen.to_string(),
+        ),
+        (
+            "tokenwatch_plugin_alerts_total",
+            "counter",
+            "Alerts raised by the plugin.",
+            |p, _| p.alerts_raised.to_string(),
+        ),
+        (
+            "tokenwatch_plugin_errors_total",
+            "counter",
+            "Errors returned by the plugin.",
+            |p, _| p.errors.to_string(),
+        ),
+        (
+            "tokenwatch_plugin_time_seconds_total",
+            "counter",
+            "Time spent inside the plugin.",
+            |p, _| format!("{:.9}", p.time_spent_ns as f64 / 1e9),
+        ),
+        (
+            "tokenwatch_plugin_over_budget_total",
+            "counter",
+            "Calls that ran over the time budget.",
+            |p, _| p.over_budget.to_string(),
+        ),
+        (
+            "tokenwatch_plugin_crashes_total",
+            "counter",
+            "Times the plugin took the detection process down.",
+            |p, _| p.crashes.to_string(),
+        ),
+        (
+            "tokenwatch_plugin_lag_events",
+            "gauge",
+            "Committed events the plugin has not analysed yet.",
+            |p, head| (head - p.cursor).max(0).to_string(),
+        ),
     ];
     for (metric, kind, help, get) in families {
         let _ = writeln!(out, "# HELP {metric} {help}\n# TYPE {metric} {kind}");

@@ -133,10 +133,7 @@ impl Supervisor {
             if self.child.is_none() && Instant::now() >= self.respawn_at {
                 self.spawn();
             }
-            if self
-                .dirty_since
-                .is_some_and(|t| t.elapsed() >= SETTLE)
-            {
+            if self.dirty_since.is_some_and(|t| t.elapsed() >= SETTLE) {
                 self.dirty_since = None;
                 self.rescan();
             }
@@ -231,7 +228,9 @@ impl Supervisor {
                                 return;
                             }
                         }
-                        Err(e) => tracing::warn!(error = %e, "unreadable line from the detection process"),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "unreadable line from the detection process")
+                        }
                     }
                 }
                 let _ = tx.send(Ev::Eof(generation));
@@ -254,7 +253,9 @@ impl Supervisor {
             self.backoff("no reader threads");
             return;
         }
-        self.health.pid.store(u64::from(child.id()), Ordering::Relaxed);
+        self.health
+            .pid
+            .store(u64::from(child.id()), Ordering::Relaxed);
         self.health.up.store(true, Ordering::Relaxed);
         tracing::info!(pid = child.id(), "detection process started");
         let mut running = RunningChild {
@@ -306,7 +307,11 @@ impl Supervisor {
         self.quick_exits = self.quick_exits.saturating_add(1);
         let ms = 250u64 << self.quick_exits.min(7);
         self.respawn_at = Instant::now() + Duration::from_millis(ms.min(30_000));
-        tracing::warn!(why, retry_in_ms = ms.min(30_000), "detection process will be restarted");
+        tracing::warn!(
+            why,
+            retry_in_ms = ms.min(30_000),
+            "detection process will be restarted"
+        );
     }
 
     fn load(&mut self, path: &Path) {
@@ -371,7 +376,13 @@ impl Supervisor {
             if let Some(v) = self.table.remove(&path) {
                 if v.status == Status::Running {
                     tracing::info!(plugin = %v.name, file = %path.display(), "plugin unloaded: file removed");
-                    self.sink.lifecycle(&path, Lifecycle::Unloaded { name: &v.name, why: "file removed" });
+                    self.sink.lifecycle(
+                        &path,
+                        Lifecycle::Unloaded {
+                            name: &v.name,
+                            why: "file removed",
+                        },
+                    );
                 }
             }
         }
@@ -469,7 +480,9 @@ impl Supervisor {
                 rejected,
                 error,
             } => {
-                let Some(path) = self.path_of(slot) else { return };
+                let Some(path) = self.path_of(slot) else {
+                    return;
+                };
                 let name = self.table.name_of(&path).unwrap_or_default();
                 let n_alerts = alerts.len() as u64;
                 if let Err(e) = self.sink.commit(&name, cursor, alerts) {
@@ -495,7 +508,9 @@ impl Supervisor {
                 }
             }
             Report::Slow { slot, call, ms } => {
-                let Some(path) = self.path_of(slot) else { return };
+                let Some(path) = self.path_of(slot) else {
+                    return;
+                };
                 let name = self.table.name_of(&path).unwrap_or_default();
                 let budget_ms = self.cfg.limits.call_budget_ms;
                 tracing::warn!(plugin = %name, %call, ms, budget_ms, "plugin call over its time budget");
@@ -505,7 +520,12 @@ impl Supervisor {
                 });
                 self.sink.lifecycle(
                     &path,
-                    Lifecycle::OverBudget { name: &name, call: &call, ms, budget_ms },
+                    Lifecycle::OverBudget {
+                        name: &name,
+                        call: &call,
+                        ms,
+                        budget_ms,
+                    },
                 );
             }
             Report::Hung { slot, call, ms } => {
@@ -532,7 +552,9 @@ impl Supervisor {
         fresh: bool,
         replaced: Option<u32>,
     ) {
-        let Some(path) = self.path_of(slot) else { return };
+        let Some(path) = self.path_of(slot) else {
+            return;
+        };
         if let Some(old) = replaced {
             if let Some(c) = self.child.as_mut() {
                 c.slots.remove(&old);
@@ -552,8 +574,13 @@ impl Supervisor {
             }
         }
         tracing::info!(plugin = %name, version = %version, file = %path.display(), after, "plugin loaded");
-        self.sink
-            .lifecycle(&path, Lifecycle::Loaded { name: &name, version: &version });
+        self.sink.lifecycle(
+            &path,
+            Lifecycle::Loaded {
+                name: &name,
+                version: &version,
+            },
+        );
         self.table.update(&path, |v| {
             v.name = name;
             v.version = version;
@@ -565,7 +592,9 @@ impl Supervisor {
     }
 
     fn on_refused(&mut self, slot: u32, name: Option<String>, reason: String) {
-        let Some(path) = self.path_of(slot) else { return };
+        let Some(path) = self.path_of(slot) else {
+            return;
+        };
         if let Some(c) = self.child.as_mut() {
             c.slots.remove(&slot);
         }
@@ -583,7 +612,11 @@ impl Supervisor {
         tracing::warn!(file = %path.display(), plugin = ?name, reason = %reason, "plugin refused");
         self.sink.lifecycle(
             &path,
-            Lifecycle::Failed { name: name.as_deref(), reason: &reason, quarantined: false },
+            Lifecycle::Failed {
+                name: name.as_deref(),
+                reason: &reason,
+                quarantined: false,
+            },
         );
         self.table.update(&path, |v| {
             if !running {
@@ -605,10 +638,16 @@ impl Supervisor {
             v.errors += 1;
             v.last_error = Some(msg.clone());
         });
-        let Some(f) = self.files.get_mut(path) else { return };
+        let Some(f) = self.files.get_mut(path) else {
+            return;
+        };
         let now = Instant::now();
         f.errors.push_back(now);
-        while f.errors.front().is_some_and(|t| now.duration_since(*t) > window) {
+        while f
+            .errors
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > window)
+        {
             f.errors.pop_front();
         }
         if f.errors.len() >= max {
@@ -635,22 +674,32 @@ impl Supervisor {
         tracing::error!(file = %path.display(), plugin = ?name, reason = %reason, "plugin quarantined");
         self.sink.lifecycle(
             path,
-            Lifecycle::Failed { name, reason: &reason, quarantined: true },
+            Lifecycle::Failed {
+                name,
+                reason: &reason,
+                quarantined: true,
+            },
         );
         self.table
             .update(path, |v| v.status = Status::Quarantined(reason.clone()));
     }
 
     fn on_exit(&mut self) {
-        let Some(mut c) = self.child.take() else { return };
+        let Some(mut c) = self.child.take() else {
+            return;
+        };
         // The fault note comes on stderr; give its reader a moment to deliver it.
         let status = c.child.wait().ok();
         let deadline = Instant::now() + Duration::from_millis(300);
         while c.fault.is_none() && c.hung.is_none() {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.ev_rx.recv_timeout(left) {
-                Ok(Ev::Fault(generation, slot, sig)) if generation == c.generation => c.fault = Some((slot, sig)),
-                Ok(Ev::Report(generation, Report::Hung { slot, call, ms })) if generation == c.generation => {
+                Ok(Ev::Fault(generation, slot, sig)) if generation == c.generation => {
+                    c.fault = Some((slot, sig))
+                }
+                Ok(Ev::Report(generation, Report::Hung { slot, call, ms }))
+                    if generation == c.generation =>
+                {
                     c.hung = Some((slot, call, ms));
                 }
                 Ok(_) => {}
@@ -660,7 +709,11 @@ impl Supervisor {
         self.health.up.store(false, Ordering::Relaxed);
         self.health.restarts.fetch_add(1, Ordering::Relaxed);
         let how = status.map_or_else(|| "unknown status".to_owned(), describe_exit);
-        *self.health.last_exit.lock().unwrap_or_else(|p| p.into_inner()) = Some(how.clone());
+        *self
+            .health
+            .last_exit
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(how.clone());
         if c.started.elapsed() > Duration::from_secs(60) {
             self.quick_exits = 0;
         }
@@ -715,7 +768,11 @@ impl Supervisor {
         let now = Instant::now();
         let crashes = self.files.get_mut(&path).map_or(1, |f| {
             f.crashes.push_back(now);
-            while f.crashes.front().is_some_and(|t| now.duration_since(*t) > window) {
+            while f
+                .crashes
+                .front()
+                .is_some_and(|t| now.duration_since(*t) > window)
+            {
                 f.crashes.pop_front();
             }
             f.crashes.len()
@@ -728,7 +785,10 @@ impl Supervisor {
             let reason = if hung {
                 format!("quarantined: {what}")
             } else {
-                format!("quarantined after {crashes} crashes within {} s: {what}", window.as_secs())
+                format!(
+                    "quarantined after {crashes} crashes within {} s: {what}",
+                    window.as_secs()
+                )
             };
             self.quarantine(&path, name.as_deref(), reason);
         } else {
@@ -736,7 +796,11 @@ impl Supervisor {
             tracing::error!(file = %path.display(), plugin = ?name, reason = %reason, "plugin crashed");
             self.sink.lifecycle(
                 &path,
-                Lifecycle::Failed { name: name.as_deref(), reason: &reason, quarantined: false },
+                Lifecycle::Failed {
+                    name: name.as_deref(),
+                    reason: &reason,
+                    quarantined: false,
+                },
             );
         }
         self.table.mark_restarting();
@@ -802,8 +866,13 @@ impl Supervisor {
         self.table.update(&path, |v| v.status = Status::Disabled);
         if was_running {
             tracing::info!(plugin = %name, "plugin disabled by operator");
-            self.sink
-                .lifecycle(&path, Lifecycle::Unloaded { name, why: "disabled by an operator" });
+            self.sink.lifecycle(
+                &path,
+                Lifecycle::Unloaded {
+                    name,
+                    why: "disabled by an operator",
+                },
+            );
         }
         Ok(())
     }

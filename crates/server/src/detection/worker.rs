@@ -180,9 +180,14 @@ pub fn run() -> Result<()> {
         let line = line.context("reading stdin")?;
         match serde_json::from_str::<Command>(&line).context("parsing a command")? {
             Command::Init { .. } => bail!("init sent twice"),
-            Command::Load { slot, file } => {
-                load(&shared, &mut slots, slot, file, &private_copy_dir, &plugin_config)
-            }
+            Command::Load { slot, file } => load(
+                &shared,
+                &mut slots,
+                slot,
+                file,
+                &private_copy_dir,
+                &plugin_config,
+            ),
             Command::Unload { slot } => {
                 if let Some(s) = slots.remove(&slot) {
                     stop(&shared, slot, s);
