@@ -373,7 +373,9 @@ fn faulty_plugins_never_take_the_token_server_down() {
     });
     assert_eq!(detail(&slow, "call"), "process");
     // (It may be restarting with the others after a crash a moment ago.)
-    wait_for("c-sleep running", || plugin_up(&s, "c-sleep").filter(|u| *u));
+    wait_for("c-sleep running", || {
+        plugin_up(&s, "c-sleep").filter(|u| *u)
+    });
     assert!(failure_of(&s, "c-sleep").is_none());
 
     // Strings: cut at the first NUL; one over the limit is refused.

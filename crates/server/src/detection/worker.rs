@@ -229,7 +229,14 @@ fn load(
     };
     let det = match opened {
         Ok(d) => d,
-        Err(e) => return refuse(None, e.to_string()),
+        Err(e) => {
+            // A plugin that got as far as create() has a name to show.
+            let name = match &e {
+                plugin_host::LoadError::CreateFailed { name, .. } => Some(name.clone()),
+                _ => None,
+            };
+            return refuse(name, e.to_string());
+        }
     };
     let info = det.info().clone();
     if let Some((_, other)) = slots
