@@ -284,8 +284,8 @@ fn live_metrics_pass_promtool_and_the_dashboard_and_rules_use_only_exposed_metri
         inf,
         sample(&metrics, "tokenwatch_audit_commit_duration_seconds_count")
     );
-    sample(&metrics, "tokenwatch_detection_backlog_events");
-    sample(&metrics, "tokenwatch_detection_lag_seconds");
+    sample(&metrics, "tokenwatch_detection_lag_events");
+    sample(&metrics, "tokenwatch_detection_up");
     sample(&metrics, "tokenwatch_audit_queue_depth");
     sample(
         &metrics,

@@ -64,6 +64,8 @@ pub mod kinds {
     pub const PLUGIN_LOADED: &str = "plugin.loaded";
     pub const PLUGIN_FAILED: &str = "plugin.failed";
     pub const PLUGIN_UNLOADED: &str = "plugin.unloaded";
+    /// A call into a detector plugin ran past its time budget (`detection.call_budget_ms`).
+    pub const PLUGIN_OVER_BUDGET: &str = "plugin.over_budget";
     /// An account locked or a client IP throttled at the token endpoint, in response to an alert.
     pub const LOCKOUT_APPLIED: &str = "lockout.applied";
     /// A lockout lifted early by an operator.
@@ -124,6 +126,7 @@ pub mod kinds {
         PLUGIN_LOADED,
         PLUGIN_FAILED,
         PLUGIN_UNLOADED,
+        PLUGIN_OVER_BUDGET,
         LOCKOUT_APPLIED,
         LOCKOUT_LIFTED,
         EXCEPTION_EXPIRED,
@@ -324,6 +327,17 @@ pub struct NewAlert {
     pub group_key: String,
     /// Ids of the events that support the alert.
     pub evidence: Vec<i64>,
+}
+
+/// What a detector concluded from the events up to `last_event_id`: its alerts
+/// (each merged into the open alert of its incident, as `insert_alert` does) and its
+/// cursor, committed together so a crash never stores the alerts without the cursor
+/// (alerts twice after a restart) or the cursor without the alerts (alerts lost).
+#[derive(Clone, Debug)]
+pub struct DetectionCommit {
+    pub detector: String,
+    pub last_event_id: i64,
+    pub alerts: Vec<NewAlert>,
 }
 
 /// At most this many evidence ids are kept per alert; later ones only bump `count`.

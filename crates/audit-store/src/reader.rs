@@ -303,6 +303,16 @@ impl AuditReader {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// How far each detector has analysed the record: `(detector, last event id)`.
+    pub fn detector_cursors(&self) -> Result<Vec<(String, i64)>, StoreError> {
+        let conn = self.conn()?;
+        let mut st = conn.prepare_cached(
+            "SELECT detector, last_event_id FROM main.detector_cursors ORDER BY detector",
+        )?;
+        let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     /// The newest committed event id (0 if none).
     pub fn max_event_id(&self) -> Result<i64, StoreError> {
         let conn = self.conn()?;

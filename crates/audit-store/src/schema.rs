@@ -104,7 +104,18 @@ DROP TABLE rollup;
 DROP TABLE rollup_state;
 ";
 
-const MIGRATIONS: &[&str] = &[V1, V2, V3];
+/// Version 4: how far each detector has analysed the record. Written in the same
+/// transaction as the alerts of the batch it covers, so after any crash every
+/// committed event is analysed exactly once per detector and no alert is stored twice.
+pub(crate) const V4: &str = "
+CREATE TABLE detector_cursors (
+    detector      TEXT PRIMARY KEY,
+    last_event_id INTEGER NOT NULL,
+    updated_us    INTEGER NOT NULL
+);
+";
+
+const MIGRATIONS: &[&str] = &[V1, V2, V3, V4];
 
 /// The schema version this build writes.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

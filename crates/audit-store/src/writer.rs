@@ -22,8 +22,8 @@ use crate::keys::{self, Keys};
 use crate::reader::AuditReader;
 use crate::watch::FileIdentity;
 use crate::{
-    kinds, model::now_us, AlertStatus, NewAlert, NewEvent, Outcome, StoreConfig, StoreError,
-    MAX_EVIDENCE,
+    kinds, model::now_us, AlertStatus, DetectionCommit, NewAlert, NewEvent, Outcome, StoreConfig,
+    StoreError, MAX_EVIDENCE,
 };
 
 /// What `open_accepting_loss` recorded.
@@ -58,6 +58,8 @@ enum Msg {
     Event(Prepared, AckTx<i64>),
     Events(Vec<Prepared>, AckTx<Vec<i64>>),
     Alert(NewAlert, AckTx<i64>),
+    /// A detector's alerts for a stretch of the record and its new cursor, together.
+    Detection(DetectionCommit, AckTx<()>),
     AlertStatus {
         id: i64,
         status: AlertStatus,
@@ -663,6 +665,14 @@ impl AuditWriter {
         Ok(Ack(r))
     }
 
+    /// Queues a detector's alerts together with its new cursor: one transaction
+    /// stores both or neither. See [`DetectionCommit`].
+    pub fn submit_detection(&self, d: DetectionCommit) -> Result<Ack<()>, StoreError> {
+        let (t, r) = oneshot::channel();
+        self.send(Msg::Detection(d, t))?;
+        Ok(Ack(r))
+    }
+
     pub fn update_alert_status(
         &self,
         id: i64,
@@ -806,6 +816,7 @@ impl Writer {
                                 Msg::Event(..)
                                     | Msg::Events(..)
                                     | Msg::Alert(..)
+                                    | Msg::Detection(..)
                                     | Msg::AlertStatus { .. }
                             )
                         })
@@ -924,6 +935,7 @@ impl Writer {
             match m {
                 Msg::Event(_, a) | Msg::Alert(_, a) => drop(a.send(Err(err()))),
                 Msg::Events(_, a) => drop(a.send(Err(err()))),
+                Msg::Detection(_, a) => drop(a.send(Err(err()))),
                 Msg::AlertStatus { ack, .. } => drop(ack.send(Err(err()))),
                 _ => {}
             }
@@ -981,6 +993,19 @@ impl Writer {
                         Done::Evs(ps.iter().map(&mut put).collect::<Result<_, _>>()?)
                     }
                     Msg::Alert(a, _) => Done::Id(upsert_alert(&tx, a)?),
+                    Msg::Detection(d, _) => {
+                        for a in &d.alerts {
+                            upsert_alert(&tx, a)?;
+                        }
+                        tx.prepare_cached(
+                            "INSERT INTO detector_cursors (detector, last_event_id, updated_us)
+                             VALUES (?1, ?2, ?3)
+                             ON CONFLICT(detector) DO UPDATE SET last_event_id = excluded.last_event_id,
+                             updated_us = excluded.updated_us",
+                        )?
+                        .execute(params![d.detector, d.last_event_id, now_us()])?;
+                        Done::Unit
+                    }
                     Msg::AlertStatus {
                         id,
                         status,
@@ -1044,6 +1069,7 @@ impl Writer {
                 }
                 (Msg::Alert(_, a), Done::Id(id)) => drop(a.send(Ok(id))),
                 (Msg::AlertStatus { ack, .. }, Done::Unit) => drop(ack.send(Ok(()))),
+                (Msg::Detection(_, a), Done::Unit) => drop(a.send(Ok(()))),
                 (Msg::AlertStatus { ack, .. }, Done::Refused(e)) => drop(ack.send(Err(e))),
                 _ => {}
             }

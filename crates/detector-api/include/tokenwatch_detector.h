@@ -27,14 +27,32 @@
  *  - The state returned by create() is owned by the plugin; the host passes it
  *    back unchanged and calls destroy() exactly once.
  *
+ *  - Strings a plugin hands over (descriptor, alerts, last_error, the create
+ *    error buffer) are read for at most their stated length, cut at the first
+ *    NUL, must be UTF-8, and are bounded (see TwEmitAlertFn, TwLastErrorFn).
+ *
+ * Callbacks: all five descriptor functions are REQUIRED (non-NULL); a
+ * library with a NULL one is refused. emit_alert is provided by the host.
+ *
+ * Where it runs: plugins run in tokenwatch's detection process, never in the
+ * token server. Each plugin has a thread of its own; a crash (abort, bad
+ * pointer) ends only that process, which the server restarts; the plugin that
+ * was running is named, retried a bounded number of times, then quarantined.
+ *
  * Threading: the host never calls into one state from two threads at once,
  * but successive calls may come from different threads. Different states of
  * the same library may be used concurrently.
  *
+ * Blocking and time: no callback may block (sleep, network, disk waits).
+ * Every call has a time budget (default 1 s): a call over it is reported; a
+ * call still running at the limit (default 5 s) is stopped and the plugin
+ * quarantined.
+ *
  * Errors: every call that can fail returns TW_STATUS_OK or TW_STATUS_ERROR.
- * After an error the host reads last_error(state) for the reason. A plugin
- * that fails too many times in a row is disabled. A plugin must never unwind
- * (C++ exceptions, Rust panics) across these functions.
+ * After an error the host reads last_error(state) for the reason. Errors are
+ * counted over a sliding window (default 5 within 60 s); past that the plugin
+ * is quarantined until its file changes or an admin re-enables it. A plugin
+ * must never unwind (C++ exceptions, Rust panics) across these functions.
  *
  * Struct sizes: TwEventBatch.event_size is the stride between events and
  * TwAlertView.struct_size / TwHostContext.struct_size / descriptor
@@ -294,7 +312,7 @@ typedef struct TwHostContext {
    */
   void *host;
   /**
-   * Callback to raise an alert: `ctx->emit_alert(ctx, &alert)`.
+   * Callback to raise an alert: `ctx->emit_alert(ctx, &alert)`. See `TwEmitAlertFn`.
    */
   TwStatus (*emit_alert)(const struct TwHostContext *ctx, const struct TwAlertView *alert);
 } TwHostContext;
@@ -307,11 +325,11 @@ typedef struct TwHostContext {
  */
 typedef struct TwDetectorDescriptor {
   /**
-   * Must equal the host's [`ABI_MAJOR`].
+   * Must equal the host's `TW_ABI_MAJOR`.
    */
   uint32_t abi_major;
   /**
-   * The [`ABI_MINOR`] the plugin was built with.
+   * The `TW_ABI_MINOR` the plugin was built with.
    */
   uint32_t abi_minor;
   /**
@@ -319,38 +337,125 @@ typedef struct TwDetectorDescriptor {
    */
   size_t struct_size;
   /**
-   * Unique plugin name: 1..=64 bytes of `[A-Za-z0-9_.-]`.
+   * Unique plugin name: 1..=64 bytes of `[A-Za-z0-9_.-]`. Static data.
    */
   struct TwStrView name;
   /**
-   * Plugin version, free text (e.g. `1.2.0`).
+   * Plugin version, free text (e.g. `1.2.0`; at most 64 bytes are kept).
    */
   struct TwStrView version;
   /**
-   * One line saying what the detector finds.
+   * One line saying what the detector finds (at most 512 bytes are kept).
    */
   struct TwStrView description;
   /**
-   * See [`CreateFn`].
+   * Required (non-NULL). See `TwCreateFn`.
    */
   TwStatus (*create)(struct TwStrView config_json, void **out_state, struct TwErrorBuf *err);
   /**
-   * See [`ProcessFn`].
+   * Required (non-NULL). See `TwProcessFn`.
    */
   TwStatus (*process)(void *state, const struct TwEventBatch *batch, const struct TwHostContext *ctx);
   /**
-   * See [`TickFn`].
+   * Required (non-NULL). See `TwTickFn`.
    */
   TwStatus (*tick)(void *state, int64_t now_us, const struct TwHostContext *ctx);
   /**
-   * See [`DestroyFn`].
+   * Required (non-NULL). See `TwDestroyFn`.
    */
   void (*destroy)(void *state);
   /**
-   * See [`LastErrorFn`].
+   * Required (non-NULL). See `TwLastErrorFn`.
    */
   struct TwStrView (*last_error)(void *state);
 } TwDetectorDescriptor;
+
+/**
+ * REQUIRED. Build a detector from its JSON config (`{}` when none is configured).
+ *
+ * On success store the new state in `*out_state` and return `TW_STATUS_OK`.
+ * On failure write a reason into `err` (at most `err->cap` bytes of UTF-8,
+ * then set `err->len`) and return `TW_STATUS_ERROR`; `*out_state` is ignored.
+ * `config_json` and `err` are valid only during the call. Called once per
+ * state, before any other call on it; may allocate, must not block on the
+ * network. Runs under the same time budget as `process`.
+ */
+typedef TwStatus (*TwCreateFn)(struct TwStrView config_json,
+                               void **out_state,
+                               struct TwErrorBuf *err);
+
+/**
+ * REQUIRED. Look at one batch of committed audit events; raise alerts
+ * through `ctx->emit_alert`.
+ *
+ * - Lifetimes: `batch`, every event in it, every string of every event and
+ *   `ctx` are owned by the host and valid only until this call returns:
+ *   copy what you keep (ids, short keys), never the pointers.
+ * - Batches arrive in event-id order; each committed event is delivered
+ *   once. After a restart of the detection process the plugin starts with a
+ *   fresh state and resumes after the last batch whose call returned.
+ * - Threading: never called concurrently on one state, but successive calls
+ *   may come from different threads; different states may run concurrently.
+ * - Blocking: must not block (no sleeping, no network or disk waits, no
+ *   waiting on locks another call holds). Each call has a time budget
+ *   (default 1 s, `detection.call_budget_ms`): a call over it is reported;
+ *   a call still running at the limit (default 5 s,
+ *   `detection.call_limit_ms`) is stopped by ending the detection process,
+ *   and the plugin is quarantined.
+ * - Errors: return `TW_STATUS_ERROR` and make `last_error` say why. Errors
+ *   are counted over a sliding window (default 5 in 60 s); past that the
+ *   plugin is quarantined until its file changes or an admin re-enables it.
+ *   A crash (abort, bad pointer) is retried a few times, then quarantined.
+ * - Never unwind (C++ exceptions, Rust panics) out of this function.
+ */
+typedef TwStatus (*TwProcessFn)(void *state,
+                                const struct TwEventBatch *batch,
+                                const struct TwHostContext *ctx);
+
+/**
+ * REQUIRED (may simply return `TW_STATUS_OK`). Time has passed (`now_us`,
+ * microseconds since the epoch), with or without events: close windows and
+ * raise pending alerts. Called about once a second (`detection.tick_ms`).
+ * Same lifetime, threading, blocking and time-budget rules as `process`.
+ */
+typedef TwStatus (*TwTickFn)(void *state, int64_t now_us, const struct TwHostContext *ctx);
+
+/**
+ * REQUIRED. Free the state. Called at most once per state, never concurrently
+ * with another call on it; the state is never used afterwards. Must not
+ * block. When the detection process is ended (a crash, a hang, shutdown)
+ * destroy is not called: keep nothing in the state that needs it.
+ */
+typedef void (*TwDestroyFn)(void *state);
+
+/**
+ * REQUIRED. The reason for the last `TW_STATUS_ERROR` on this state, as UTF-8
+ * (invalid bytes are replaced). The text is plugin-owned and must stay valid
+ * until the next call on the same state. The host reads at most `len`
+ * bytes, stops at the first NUL, and keeps at most 1024 bytes. Must not
+ * block; called on the thread of the failed call, right after it.
+ */
+typedef struct TwStrView (*TwLastErrorFn)(void *state);
+
+/**
+ * Raise an alert (host side, reached through `ctx->emit_alert`).
+ *
+ * - Call it only from inside `process` or `tick`, on the thread that made
+ *   that call, with the `ctx` of that call.
+ * - The alert and everything it points to are read before it returns:
+ *   stack buffers are fine.
+ * - Strings are cut at their first NUL and must be UTF-8; `rule` at most
+ *   128 bytes, `subject`/`client_ip`/`group_key` 256, `summary` 2048,
+ *   `evidence` 1000 ids; at most 10 000 alerts per call. Over that, or a
+ *   bad severity, returns `TW_STATUS_ERROR` and the alert is dropped.
+ */
+typedef TwStatus (*TwEmitAlertFn)(const struct TwHostContext *ctx, const struct TwAlertView *alert);
+
+/**
+ * Type of the entry symbol `tokenwatch_detector_v1`: returns the static
+ * descriptor; must not fail, allocate, block or have side effects.
+ */
+typedef const struct TwDetectorDescriptor *(*TwEntryFn)(void);
 
 /**
  * The call succeeded.

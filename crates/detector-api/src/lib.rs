@@ -259,8 +259,16 @@ pub struct AlertView {
     pub evidence_len: usize,
 }
 
-/// Raise an alert. Returns [`STATUS_ERROR`] when the host rejects it (e.g. an
-/// invalid severity or non-UTF-8 text); the alert is then dropped.
+/// Raise an alert (host side, reached through `ctx->emit_alert`).
+///
+/// - Call it only from inside `process` or `tick`, on the thread that made
+///   that call, with the `ctx` of that call.
+/// - The alert and everything it points to are read before it returns:
+///   stack buffers are fine.
+/// - Strings are cut at their first NUL and must be UTF-8; `rule` at most
+///   128 bytes, `subject`/`client_ip`/`group_key` 256, `summary` 2048,
+///   `evidence` 1000 ids; at most 10 000 alerts per call. Over that, or a
+///   bad severity, returns `TW_STATUS_ERROR` and the alert is dropped.
 pub type EmitAlertFn =
     unsafe extern "C" fn(ctx: *const HostContext, alert: *const AlertView) -> Status;
 
@@ -272,7 +280,7 @@ pub struct HostContext {
     pub struct_size: usize,
     /// Opaque host data; do not touch.
     pub host: *mut c_void,
-    /// Callback to raise an alert: `ctx->emit_alert(ctx, &alert)`.
+    /// Callback to raise an alert: `ctx->emit_alert(ctx, &alert)`. See `TwEmitAlertFn`.
     pub emit_alert:
         Option<unsafe extern "C" fn(ctx: *const HostContext, alert: *const AlertView) -> Status>,
 }
@@ -292,32 +300,66 @@ pub struct ErrorBuf {
     pub len: usize,
 }
 
-/// Build a detector from its JSON config (`{}` when none is configured).
-/// On success store the new state in `*out_state` and return [`STATUS_OK`].
-/// On failure fill `err` and return [`STATUS_ERROR`]; `*out_state` is ignored.
+/// REQUIRED. Build a detector from its JSON config (`{}` when none is configured).
+///
+/// On success store the new state in `*out_state` and return `TW_STATUS_OK`.
+/// On failure write a reason into `err` (at most `err->cap` bytes of UTF-8,
+/// then set `err->len`) and return `TW_STATUS_ERROR`; `*out_state` is ignored.
+/// `config_json` and `err` are valid only during the call. Called once per
+/// state, before any other call on it; may allocate, must not block on the
+/// network. Runs under the same time budget as `process`.
 pub type CreateFn = unsafe extern "C" fn(
     config_json: StrView,
     out_state: *mut *mut c_void,
     err: *mut ErrorBuf,
 ) -> Status;
 
-/// Look at one batch of committed audit events; raise alerts through `ctx`.
+/// REQUIRED. Look at one batch of committed audit events; raise alerts
+/// through `ctx->emit_alert`.
+///
+/// - Lifetimes: `batch`, every event in it, every string of every event and
+///   `ctx` are owned by the host and valid only until this call returns:
+///   copy what you keep (ids, short keys), never the pointers.
+/// - Batches arrive in event-id order; each committed event is delivered
+///   once. After a restart of the detection process the plugin starts with a
+///   fresh state and resumes after the last batch whose call returned.
+/// - Threading: never called concurrently on one state, but successive calls
+///   may come from different threads; different states may run concurrently.
+/// - Blocking: must not block (no sleeping, no network or disk waits, no
+///   waiting on locks another call holds). Each call has a time budget
+///   (default 1 s, `detection.call_budget_ms`): a call over it is reported;
+///   a call still running at the limit (default 5 s,
+///   `detection.call_limit_ms`) is stopped by ending the detection process,
+///   and the plugin is quarantined.
+/// - Errors: return `TW_STATUS_ERROR` and make `last_error` say why. Errors
+///   are counted over a sliding window (default 5 in 60 s); past that the
+///   plugin is quarantined until its file changes or an admin re-enables it.
+///   A crash (abort, bad pointer) is retried a few times, then quarantined.
+/// - Never unwind (C++ exceptions, Rust panics) out of this function.
 pub type ProcessFn = unsafe extern "C" fn(
     state: *mut c_void,
     batch: *const EventBatch,
     ctx: *const HostContext,
 ) -> Status;
 
-/// Time has passed (`now_us`, microseconds since the epoch) without
-/// necessarily any events: close windows, raise pending alerts.
+/// REQUIRED (may simply return `TW_STATUS_OK`). Time has passed (`now_us`,
+/// microseconds since the epoch), with or without events: close windows and
+/// raise pending alerts. Called about once a second (`detection.tick_ms`).
+/// Same lifetime, threading, blocking and time-budget rules as `process`.
 pub type TickFn =
     unsafe extern "C" fn(state: *mut c_void, now_us: i64, ctx: *const HostContext) -> Status;
 
-/// Free the state. Called exactly once; the state is never used afterwards.
+/// REQUIRED. Free the state. Called at most once per state, never concurrently
+/// with another call on it; the state is never used afterwards. Must not
+/// block. When the detection process is ended (a crash, a hang, shutdown)
+/// destroy is not called: keep nothing in the state that needs it.
 pub type DestroyFn = unsafe extern "C" fn(state: *mut c_void);
 
-/// The reason for the last [`STATUS_ERROR`] on this state. The text stays
-/// valid until the next call on the same state.
+/// REQUIRED. The reason for the last `TW_STATUS_ERROR` on this state, as UTF-8
+/// (invalid bytes are replaced). The text is plugin-owned and must stay valid
+/// until the next call on the same state. The host reads at most `len`
+/// bytes, stops at the first NUL, and keeps at most 1024 bytes. Must not
+/// block; called on the thread of the failed call, right after it.
 pub type LastErrorFn = unsafe extern "C" fn(state: *mut c_void) -> StrView;
 
 /// The static description a plugin's entry symbol returns.
@@ -327,19 +369,19 @@ pub type LastErrorFn = unsafe extern "C" fn(state: *mut c_void) -> StrView;
 #[repr(C)]
 #[derive(Debug)]
 pub struct DetectorDescriptor {
-    /// Must equal the host's [`ABI_MAJOR`].
+    /// Must equal the host's `TW_ABI_MAJOR`.
     pub abi_major: u32,
-    /// The [`ABI_MINOR`] the plugin was built with.
+    /// The `TW_ABI_MINOR` the plugin was built with.
     pub abi_minor: u32,
     /// `sizeof(TwDetectorDescriptor)` as the plugin was compiled.
     pub struct_size: usize,
-    /// Unique plugin name: 1..=64 bytes of `[A-Za-z0-9_.-]`.
+    /// Unique plugin name: 1..=64 bytes of `[A-Za-z0-9_.-]`. Static data.
     pub name: StrView,
-    /// Plugin version, free text (e.g. `1.2.0`).
+    /// Plugin version, free text (e.g. `1.2.0`; at most 64 bytes are kept).
     pub version: StrView,
-    /// One line saying what the detector finds.
+    /// One line saying what the detector finds (at most 512 bytes are kept).
     pub description: StrView,
-    /// See [`CreateFn`].
+    /// Required (non-NULL). See `TwCreateFn`.
     pub create: Option<
         unsafe extern "C" fn(
             config_json: StrView,
@@ -347,7 +389,7 @@ pub struct DetectorDescriptor {
             err: *mut ErrorBuf,
         ) -> Status,
     >,
-    /// See [`ProcessFn`].
+    /// Required (non-NULL). See `TwProcessFn`.
     pub process: Option<
         unsafe extern "C" fn(
             state: *mut c_void,
@@ -355,13 +397,13 @@ pub struct DetectorDescriptor {
             ctx: *const HostContext,
         ) -> Status,
     >,
-    /// See [`TickFn`].
+    /// Required (non-NULL). See `TwTickFn`.
     pub tick: Option<
         unsafe extern "C" fn(state: *mut c_void, now_us: i64, ctx: *const HostContext) -> Status,
     >,
-    /// See [`DestroyFn`].
+    /// Required (non-NULL). See `TwDestroyFn`.
     pub destroy: Option<unsafe extern "C" fn(state: *mut c_void)>,
-    /// See [`LastErrorFn`].
+    /// Required (non-NULL). See `TwLastErrorFn`.
     pub last_error: Option<unsafe extern "C" fn(state: *mut c_void) -> StrView>,
 }
 
@@ -380,9 +422,8 @@ extern "C" {
     pub fn tokenwatch_detector_v1() -> *const DetectorDescriptor;
 }
 
-/// Type of the [`ENTRY_SYMBOL`] function.
-///
-/// cbindgen:ignore
+/// Type of the entry symbol `tokenwatch_detector_v1`: returns the static
+/// descriptor; must not fail, allocate, block or have side effects.
 pub type EntryFn = unsafe extern "C" fn() -> *const DetectorDescriptor;
 
 /// Size of the v1.0 descriptor: the smallest `struct_size` a host accepts.

@@ -56,6 +56,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+mod elf;
 mod host;
 mod loader;
 
@@ -256,6 +257,15 @@ pub enum LoadError {
         /// What is wrong.
         detail: String,
     },
+    /// The file's ELF headers do not describe a loadable library for this
+    /// machine (truncated, corrupt, another architecture): never mapped.
+    #[error("{}: refused before loading: {detail}", path.display())]
+    BadElf {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        detail: String,
+    },
     /// The dynamic loader refused the library.
     #[error("{}: the dynamic loader refused it: {detail}", path.display())]
     Open {
@@ -426,6 +436,71 @@ fn scratch_dir() -> Result<tempfile::TempDir, LoadError> {
             path: std::env::temp_dir(),
             source,
         })
+}
+
+/// What one call into a plugin produced.
+#[derive(Debug, Default)]
+pub struct CallOutcome {
+    /// Alerts accepted from the plugin.
+    pub alerts: Vec<AlertRecord>,
+    /// Why alerts were refused (bad severity, text too long, ...).
+    pub rejected: Vec<String>,
+    /// The plugin's error, when the call returned `STATUS_ERROR`.
+    pub error: Option<String>,
+}
+
+/// One plugin loaded on its own, for a detection process that runs every
+/// plugin on a thread of its own (so one that hangs delays no other).
+/// Loaded like [`PluginHost`] loads: ELF checks on a private copy, ABI
+/// checks, config from `<stem>.toml` or `configured[name]`, `create()`.
+pub struct Detector {
+    instance: loader::Instance,
+}
+
+impl Detector {
+    /// Load and create the plugin at `path`.
+    pub fn open(
+        path: &Path,
+        private_copy_dir: &Path,
+        configured: &HashMap<String, serde_json::Value>,
+    ) -> Result<Detector, LoadError> {
+        let lib = loader::Library::load(path, private_copy_dir)?;
+        let config = config_json(path, configured.get(&lib.info().name))?;
+        Ok(Detector {
+            instance: lib.create(&config)?,
+        })
+    }
+
+    /// Name, version and ABI of the plugin.
+    pub fn info(&self) -> &PluginInfo {
+        self.instance.info()
+    }
+
+    /// Hand one batch of committed events to the plugin.
+    pub fn process(&mut self, batch: &[EventRecord]) -> CallOutcome {
+        let newest = batch.iter().map(|e| e.time_us).max().unwrap_or(0);
+        let views: Vec<_> = batch.iter().map(loader::event_view).collect();
+        let name = self.instance.info().name.clone();
+        let mut c = loader::Collector::new(&name, newest);
+        let r = self.instance.process(&views, &mut c);
+        CallOutcome {
+            alerts: std::mem::take(&mut c.alerts),
+            rejected: std::mem::take(&mut c.rejected),
+            error: r.err(),
+        }
+    }
+
+    /// Tell the plugin that time has passed.
+    pub fn tick(&mut self, now_us: i64) -> CallOutcome {
+        let name = self.instance.info().name.clone();
+        let mut c = loader::Collector::new(&name, now_us);
+        let r = self.instance.tick(now_us, &mut c);
+        CallOutcome {
+            alerts: std::mem::take(&mut c.alerts),
+            rejected: std::mem::take(&mut c.rejected),
+            error: r.err(),
+        }
+    }
 }
 
 /// Load `path` outside any host and say what it is, or why it is refused.

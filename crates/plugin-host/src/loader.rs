@@ -174,11 +174,29 @@ fn dlopen(copy: &Path) -> Result<libloading::Library, libloading::Error> {
     unsafe { libloading::Library::new(copy) }
 }
 
+/// The bytes of a plugin's string: at most `max` of them (never more than
+/// its stated length, so a lying length cannot make the host read past a
+/// buffer it was not given), cut at the first NUL (C code pads and
+/// terminates; a NUL must never reach the store or the UI).
+///
 /// # Safety
-/// A non-NULL view must point to `len` readable bytes.
-unsafe fn view_text(v: StrView, what: &str) -> Result<Option<String>, String> {
+/// A non-NULL view must point to `min(len, max)` readable bytes.
+unsafe fn plugin_bytes<'a>(v: StrView, max: usize) -> Option<&'a [u8]> {
+    if v.ptr.is_null() {
+        return None;
+    }
+    // SAFETY: forwarded from the caller, for no more than the stated length.
+    let b = unsafe { std::slice::from_raw_parts(v.ptr, v.len.min(max)) };
+    Some(b.iter().position(|&c| c == 0).map_or(b, |nul| &b[..nul]))
+}
+
+/// A plugin's string as UTF-8 text, read as [`plugin_bytes`] does.
+///
+/// # Safety
+/// As [`plugin_bytes`].
+unsafe fn view_text(v: StrView, what: &str, max: usize) -> Result<Option<String>, String> {
     // SAFETY: forwarded from the caller.
-    match unsafe { v.as_bytes() } {
+    match unsafe { plugin_bytes(v, max) } {
         None => Ok(None),
         Some(b) => std::str::from_utf8(b)
             .map(|s| Some(s.to_owned()))
@@ -186,9 +204,12 @@ unsafe fn view_text(v: StrView, what: &str) -> Result<Option<String>, String> {
     }
 }
 
+/// Error text from a plugin: bounded, cut at the first NUL, invalid UTF-8
+/// replaced (an error message is shown even when the plugin garbled it).
 fn lossy_truncated(bytes: &[u8]) -> String {
-    let s = String::from_utf8_lossy(&bytes[..bytes.len().min(MAX_ERROR_LEN)]);
-    s.trim_end().to_owned()
+    let b = &bytes[..bytes.len().min(MAX_ERROR_LEN)];
+    let b = b.iter().position(|&c| c == 0).map_or(b, |nul| &b[..nul]);
+    String::from_utf8_lossy(b).trim_end().to_owned()
 }
 
 impl Library {
@@ -197,6 +218,16 @@ impl Library {
     pub(crate) fn load(path: &Path, private_dir: &Path) -> Result<Library, LoadError> {
         check_magic(path)?;
         let copy = private_copy(path, private_dir)?;
+        // The checks read the private copy, the very bytes that will be mapped:
+        // the original may change between a check and a copy, the copy may not.
+        #[cfg(target_os = "linux")]
+        if let Err(detail) = crate::elf::validate(&copy) {
+            let _ = fs::remove_file(&copy);
+            return Err(LoadError::BadElf {
+                path: path.to_owned(),
+                detail,
+            });
+        }
         let opened = dlopen(&copy);
         // On Unix a mapped file stays usable after unlinking, so the copy is
         // removed at once: nothing is left behind even if the server crashes.
@@ -270,9 +301,10 @@ impl Library {
         // SAFETY: the descriptor's string views point at static data.
         let (name, version, description) = unsafe {
             (
-                view_text(d.name, "name").map_err(invalid)?,
-                view_text(d.version, "version").map_err(invalid)?,
-                view_text(d.description, "description").map_err(invalid)?,
+                // One byte over the limit, so an over-long name is refused, not cut.
+                view_text(d.name, "name", 65).map_err(invalid)?,
+                view_text(d.version, "version", 256).map_err(invalid)?,
+                view_text(d.description, "description", 2048).map_err(invalid)?,
             )
         };
         let name = name.unwrap_or_default();
@@ -394,11 +426,14 @@ impl<'a> Collector<'a> {
         let severity = Severity::from_raw(a.severity)
             .ok_or_else(|| format!("severity {} is not 1..=4", a.severity))?;
         let bounded = |v: StrView, what: &str, max: usize| -> Result<Option<String>, String> {
-            if !v.is_none() && v.len > max {
+            // SAFETY: per this function's contract.
+            let text = unsafe { view_text(v, what, max + 1) }?;
+            // Measured after the cut at the first NUL: a short string in a
+            // big zero-padded buffer is fine, a long one is refused.
+            if text.as_ref().is_some_and(|t| t.len() > max) {
                 return Err(format!("{what} is longer than {max} bytes"));
             }
-            // SAFETY: per this function's contract.
-            unsafe { view_text(v, what) }
+            Ok(text)
         };
         let rule = bounded(a.rule, "rule", MAX_RULE_LEN)?
             .filter(|r| !r.is_empty())
@@ -505,7 +540,9 @@ impl Instance {
         }
         // SAFETY: the state is live; the returned view is valid until the
         // next call on it, and it is copied right away.
-        let text = unsafe { (self.fns.last_error)(self.state).as_bytes() }
+        let view = unsafe { (self.fns.last_error)(self.state) };
+        // SAFETY: as above; no more than MAX_ERROR_LEN bytes are read.
+        let text = unsafe { plugin_bytes(view, MAX_ERROR_LEN) }
             .map(lossy_truncated)
             .unwrap_or_default();
         Err(if text.is_empty() {

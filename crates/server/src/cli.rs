@@ -84,6 +84,13 @@ pub enum Command {
     /// Import a JSON-lines security log (ECS lines as tokenwatch writes them, or
     /// generic JSON lines); resumable: a rerun continues where the last one stopped.
     Ingest(IngestArgs),
+    /// The detection process `serve` starts and supervises (not for direct use).
+    #[command(hide = true)]
+    DetectWorker {
+        /// Only load this file, print what it is as JSON, and exit.
+        #[arg(long)]
+        check: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand, Debug)]

@@ -431,7 +431,7 @@ fn event_filter(args: &ExportArgs) -> Result<audit_store::EventFilter> {
 pub fn plugins(settings: &Settings, cmd: PluginsCmd) -> Result<()> {
     match cmd {
         PluginsCmd::List => plugins_list(settings),
-        PluginsCmd::Check { file } => match plugin_host::check_file(&file) {
+        PluginsCmd::Check { file } => match crate::detection::check_isolated(&file) {
             Ok(info) => cli::print_line(&describe_plugin(&info)),
             Err(e) => {
                 cli::print_line(&format!("refused: {e}"))?;
@@ -482,9 +482,21 @@ fn plugins_list(settings: &Settings) -> Result<()> {
     if files.is_empty() {
         return cli::print_line(&format!("no plugins in {}", dir.display()));
     }
+    let state = crate::state::StateDb::open(&settings.state_db_path()).ok();
     let mut refused = 0;
     for file in files {
-        match plugin_host::check_file(&file) {
+        let quarantined = state
+            .as_ref()
+            .and_then(|s| crate::detection::quarantine_reason(s, &file));
+        if let Some(reason) = quarantined {
+            refused += 1;
+            cli::print_line(&format!(
+                "quarantined: {}: {reason} (re-enable it in the console, or replace the file)",
+                file.display()
+            ))?;
+            continue;
+        }
+        match crate::detection::check_isolated(&file) {
             Ok(info) => cli::print_line(&describe_plugin(&info))?,
             Err(e) => {
                 refused += 1;
@@ -505,7 +517,9 @@ fn plugins_backtest(
     to: Option<&str>,
     config: Option<std::path::PathBuf>,
 ) -> Result<()> {
-    let info = plugin_host::check_file(file).map_err(|e| anyhow!("refused: {e}"))?;
+    // Checked in a separate process first: a file that crashes while loading
+    // is refused before this process maps it.
+    let info = crate::detection::check_isolated(file).map_err(|e| anyhow!("refused: {e}"))?;
     let config = match config {
         Some(path) => read_plugin_config(&path)?,
         None => {

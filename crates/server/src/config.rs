@@ -61,6 +61,9 @@ pub struct FileConfig {
     /// `[ingest]`: limits of `POST /api/v1/events`.
     #[serde(default)]
     pub ingest: crate::ingest_api::IngestFileConfig,
+    /// `[detection]`: time budgets and failure limits of the detection process.
+    #[serde(default)]
+    pub detection: DetectionSettings,
     /// `[[forward]]`: syslog/CEF collectors that receive alerts (and optionally events).
     #[serde(default)]
     pub forward: Vec<crate::forward::ForwardFileConfig>,
@@ -213,6 +216,78 @@ pub struct Settings {
     pub trusted_proxies: Vec<ipnet::IpNet>,
     pub ingest: crate::ingest_api::IngestLimits,
     pub forward: Vec<crate::forward::ForwardConfig>,
+    pub detection: DetectionSettings,
+}
+
+/// `[detection]`: how the detection process treats plugins. Every key is
+/// optional; the defaults suit the built-in detectors (each call takes
+/// milliseconds).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DetectionSettings {
+    /// A call into a plugin longer than this is reported (metric, console,
+    /// a `plugin.over_budget` event). Other plugins are never held up by it.
+    pub call_budget_ms: u64,
+    /// A call still running after this long is stopped: the detection process
+    /// is restarted without that plugin, which is quarantined.
+    pub call_limit_ms: u64,
+    /// Crashes of the detection process a plugin may cause within
+    /// `crash_window_secs` before it is quarantined.
+    pub max_crashes: u32,
+    pub crash_window_secs: u64,
+    /// Errors a plugin may return within `error_window_secs` before it is
+    /// quarantined (a sliding window: sparse errors add up too).
+    pub max_errors: u32,
+    pub error_window_secs: u64,
+    /// How often `tick` is called on every plugin.
+    pub tick_ms: u64,
+}
+
+impl Default for DetectionSettings {
+    fn default() -> Self {
+        DetectionSettings {
+            call_budget_ms: 1000,
+            call_limit_ms: 5000,
+            max_crashes: 3,
+            crash_window_secs: 600,
+            max_errors: 5,
+            error_window_secs: 60,
+            tick_ms: 1000,
+        }
+    }
+}
+
+impl DetectionSettings {
+    fn check(self) -> Result<Self, ConfigError> {
+        let bad = |key, message: &str| {
+            Err(ConfigError::Invalid {
+                key,
+                message: message.into(),
+            })
+        };
+        if self.call_budget_ms == 0 {
+            return bad("detection.call_budget_ms", "must be at least 1");
+        }
+        if self.call_limit_ms < self.call_budget_ms {
+            return bad(
+                "detection.call_limit_ms",
+                "must be at least detection.call_budget_ms",
+            );
+        }
+        if self.max_crashes == 0 || self.max_errors == 0 {
+            return bad(
+                "detection.max_crashes",
+                "max_crashes and max_errors must be at least 1",
+            );
+        }
+        if self.crash_window_secs == 0 || self.error_window_secs == 0 || self.tick_ms == 0 {
+            return bad(
+                "detection.error_window_secs",
+                "the windows and tick_ms must be at least 1",
+            );
+        }
+        Ok(self)
+    }
 }
 
 /// The listener's certificate chain and private key (PEM files).
@@ -436,7 +511,9 @@ impl Settings {
         };
         let ingest = file.ingest.resolve();
         let forward = crate::forward::resolve(&file.forward)?;
+        let detection = file.detection.check()?;
         Ok(Settings {
+            detection,
             ingest,
             forward,
             response,

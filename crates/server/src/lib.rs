@@ -55,6 +55,13 @@ pub fn main() -> std::process::ExitCode {
 
 fn run(cli: cli::Cli) -> anyhow::Result<()> {
     use cli::Command;
+    if let Command::DetectWorker { check } = &cli.command {
+        // Everything it needs comes from `serve` on stdin, not from the config.
+        return match check {
+            Some(file) => detection::check_worker(file),
+            None => detection::run_worker(),
+        };
+    }
     let serve_args = match &cli.command {
         Command::Serve(a) => Some(a),
         _ => None,
@@ -76,5 +83,6 @@ fn run(cli: cli::Cli) -> anyhow::Result<()> {
         Command::Lockouts(cmd) => commands::lockouts(&settings, cmd),
         Command::Sources(cmd) => ingest_file::sources(&settings, cmd),
         Command::Ingest(args) => ingest_file::ingest(&settings, args),
+        Command::DetectWorker { .. } => Ok(()),
     }
 }

@@ -95,6 +95,9 @@ async fn healthz(data: Data) -> HttpResponse {
             "index_error": h.index_error,
         },
         "integrity": h.integrity,
+        // Detection runs apart: its state is reported, never a reason to
+        // fail the token service's health.
+        "detection": data.detection.as_ref().map(|d| d.health_json()),
     });
     if ok {
         HttpResponse::Ok().json(body)

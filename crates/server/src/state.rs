@@ -174,6 +174,17 @@ ALTER TABLE clients ADD COLUMN redirect_uris TEXT NOT NULL DEFAULT '[]';
 UPDATE clients SET grant_types = 'password client_credentials refresh_token'
     WHERE kind = 'confidential';
 "#,
+    // Detector plugins that crashed or hung the detection process: not loaded
+    // again until the file's content changes or an admin re-enables them.
+    r#"
+CREATE TABLE plugin_quarantine (
+    file       TEXT PRIMARY KEY,
+    sha256     TEXT NOT NULL,
+    plugin     TEXT,
+    reason     TEXT NOT NULL,
+    at         INTEGER NOT NULL
+);
+"#,
 ];
 
 pub struct StateDb {

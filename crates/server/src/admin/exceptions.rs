@@ -113,7 +113,7 @@ pub async fn list(
     let mut detectors: Vec<String> = data
         .detection
         .as_ref()
-        .map(|d| d.host().plugins().into_iter().map(|p| p.name).collect())
+        .map(|d| d.plugins().into_iter().map(|p| p.name).collect())
         .unwrap_or_default();
     detectors.sort();
     let v = |s: &Option<String>| s.clone().unwrap_or_default();

@@ -818,6 +818,9 @@ pub struct PluginRow {
     events_seen: u64,
     alerts_raised: u64,
     errors: u64,
+    over_budget: u64,
+    crashes: u64,
+    lag: i64,
     time_ms: String,
 }
 
@@ -826,45 +829,60 @@ pub struct PluginRow {
 pub struct PluginsPage {
     ctx: PageCtx,
     enabled: bool,
+    process_up: bool,
+    restarts: u64,
+    lag: i64,
     rows: Vec<PluginRow>,
 }
 
 pub async fn plugins(data: Data, who: Console) -> Result<HttpResponse, AdminError> {
-    use plugin_host::PluginState;
     let list = data
         .detection
         .as_ref()
-        .map(|d| d.host().plugins())
+        .map(|d| d.plugins())
         .unwrap_or_default();
+    let head = data.store.committed_watch().latest();
     let rows = list
         .into_iter()
-        .map(|p| {
-            let (status, err) = match &p.status {
-                PluginState::Running => ("running", p.last_error.clone().unwrap_or_default()),
-                PluginState::Failed(e) => ("failed", e.clone()),
-                PluginState::Disabled => ("disabled", p.last_error.clone().unwrap_or_default()),
-            };
-            PluginRow {
-                name: p.name,
-                version: p.version,
-                description: p.description,
-                file: p
-                    .file
-                    .file_name()
-                    .map(|f| f.to_string_lossy().into_owned())
-                    .unwrap_or_default(),
-                status,
-                error: err,
-                events_seen: p.events_seen,
-                alerts_raised: p.alerts_raised,
-                errors: p.errors,
-                time_ms: format!("{:.1}", p.time_spent_ns as f64 / 1e6),
-            }
+        .map(|p| PluginRow {
+            error: p.reason(),
+            status: p.status.label(),
+            lag: if p.status == crate::detection::Status::Running {
+                (head - p.cursor).max(0)
+            } else {
+                0
+            },
+            name: p.name,
+            version: p.version,
+            description: p.description,
+            file: p
+                .file
+                .file_name()
+                .map(|f| f.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            events_seen: p.events_seen,
+            alerts_raised: p.alerts_raised,
+            errors: p.errors,
+            over_budget: p.over_budget,
+            crashes: p.crashes,
+            time_ms: format!("{:.1}", p.time_spent_ns as f64 / 1e6),
         })
         .collect();
+    let detection = data.detection.as_ref().map(|d| d.health_json());
     let page = PluginsPage {
         ctx: PageCtx::new(&who, "plugins"),
         enabled: data.detection.is_some(),
+        process_up: detection
+            .as_ref()
+            .is_some_and(|h| h["up"].as_bool() == Some(true)),
+        restarts: detection
+            .as_ref()
+            .and_then(|h| h["restarts"].as_u64())
+            .unwrap_or(0),
+        lag: detection
+            .as_ref()
+            .and_then(|h| h["lag_events"].as_i64())
+            .unwrap_or(0),
         rows,
     };
     Ok(html(page.render()?))
@@ -901,16 +919,14 @@ pub async fn plugin_action(
     let host_data = data.clone();
     let n = name.clone();
     let result = web::block(move || {
-        let host = host_data
+        let detection = host_data
             .detection
             .as_ref()
-            .map(|d| d.host())
             .ok_or_else(|| "detectors are not running".to_owned())?;
         match action.as_str() {
-            "reload" => host.reload(&n),
-            _ => host.disable(&n),
+            "reload" => detection.reload(&n),
+            _ => detection.disable(&n),
         }
-        .map_err(|e| e.to_string())
     })
     .await?;
     if let Err(e) = result {
