@@ -106,6 +106,9 @@ struct Batch {
     events: Vec<EventRecord>,
 }
 
+/// A plugin slot's batch queue and call state, as the reader feeds them.
+type Subscriber = (u32, Sender<Arc<Batch>>, Arc<CallState>);
+
 /// What every thread shares.
 struct Shared {
     out: Out,
@@ -114,7 +117,7 @@ struct Shared {
     published: AtomicI64,
     /// A plugin loaded behind the reader asks it to go back (the lowest wins).
     rewind: AtomicI64,
-    subscribers: Mutex<Vec<(u32, Sender<Arc<Batch>>, Arc<CallState>)>>,
+    subscribers: Mutex<Vec<Subscriber>>,
     calls: Mutex<Vec<(u32, Arc<CallState>)>>,
     /// The last cursor each plugin (by name) reported: a replacement starts
     /// there, even before the server has committed it.
