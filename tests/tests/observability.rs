@@ -234,6 +234,12 @@ fn live_metrics_pass_promtool_and_the_dashboard_and_rules_use_only_exposed_metri
     let (_tmp, dir) = data_dir();
     let cfg = write_config(dir.parent().unwrap());
     let s = Server::start_with(&dir, &["--config", cfg.to_str().unwrap()]);
+    // The plugins' series exist once the detection process has loaded them.
+    tokenwatch_e2e::wait_for("the detectors to load", || {
+        let body = http().get(s.url("/healthz")).send().ok()?.text().ok()?;
+        let h: serde_json::Value = serde_json::from_str(&body).ok()?;
+        (h["detection"]["plugins_running"].as_u64()? >= 1).then_some(())
+    });
     exercise(&s);
     let resp = http().get(s.url("/metrics")).send().unwrap();
     assert_eq!(resp.status(), 200);

@@ -94,6 +94,7 @@ impl Detection {
                 audit_db: store.config().db_path.clone(),
                 plugin_config: settings.plugin_config.clone(),
                 limits: settings.detection.clone(),
+                start_after: store.committed_watch().latest(),
             },
             sink,
             state,

@@ -23,7 +23,15 @@ pub(crate) enum Command {
     },
     /// Load the plugin file into `slot`; a running slot with the same plugin
     /// name is replaced once the new one is created (else it keeps running).
-    Load { slot: u32, file: PathBuf },
+    Load {
+        slot: u32,
+        file: PathBuf,
+        /// Where the plugin starts when it has no stored cursor: set for the
+        /// first process's initial loads (the newest event when `serve` started,
+        /// so events committed while detection was starting are analysed);
+        /// `None` for a plugin dropped in later (it starts at the newest event).
+        start_after: Option<i64>,
+    },
     /// Stop the plugin in `slot` and destroy its state.
     Unload { slot: u32 },
 }

@@ -35,6 +35,8 @@ pub(crate) struct Config {
     pub audit_db: PathBuf,
     pub plugin_config: HashMap<String, serde_json::Value>,
     pub limits: DetectionSettings,
+    /// The newest committed event when `serve` started.
+    pub start_after: i64,
 }
 
 pub(crate) enum Ctl {
@@ -93,6 +95,8 @@ pub(crate) struct Supervisor {
     files: BTreeMap<PathBuf, FileState>,
     child: Option<RunningChild>,
     generation: u64,
+    /// Files in the plugin folder when `serve` started and not loaded yet.
+    initial: std::collections::HashSet<PathBuf>,
     next_slot: u32,
     ev_tx: Sender<Ev>,
     ev_rx: Receiver<Ev>,
@@ -110,6 +114,9 @@ impl Supervisor {
         health: Arc<ProcessHealth>,
     ) -> Supervisor {
         let (ev_tx, ev_rx) = unbounded();
+        let initial = std::fs::read_dir(&cfg.plugin_dir)
+            .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
+            .unwrap_or_default();
         Supervisor {
             cfg,
             sink,
@@ -119,6 +126,7 @@ impl Supervisor {
             files: BTreeMap::new(),
             child: None,
             generation: 0,
+            initial,
             next_slot: 0,
             ev_tx,
             ev_rx,
@@ -327,6 +335,10 @@ impl Supervisor {
         let cmd = Command::Load {
             slot,
             file: path.to_owned(),
+            // A file that was in the folder when `serve` started, loaded for the
+            // first time: it analyses from the server's start, so events committed
+            // while detection was starting are not skipped.
+            start_after: self.initial.remove(path).then_some(self.cfg.start_after),
         };
         if send(&mut child.stdin, &cmd).is_err() {
             let _ = child.child.kill();

@@ -183,11 +183,16 @@ pub fn run() -> Result<()> {
         let line = line.context("reading stdin")?;
         match serde_json::from_str::<Command>(&line).context("parsing a command")? {
             Command::Init { .. } => bail!("init sent twice"),
-            Command::Load { slot, file } => load(
+            Command::Load {
+                slot,
+                file,
+                start_after,
+            } => load(
                 &shared,
                 &mut slots,
                 slot,
                 file,
+                start_after,
                 &private_copy_dir,
                 &plugin_config,
             ),
@@ -216,6 +221,7 @@ fn load(
     slots: &mut HashMap<u32, Slot>,
     slot: u32,
     file: PathBuf,
+    start_after: Option<i64>,
     copies: &Path,
     config: &HashMap<String, serde_json::Value>,
 ) {
@@ -278,7 +284,10 @@ fn load(
     let sent = lock(&shared.sent).get(&info.name).copied();
     let (after, fresh) = match stored.max(sent) {
         Some(c) => (c, false),
-        None => (shared.published.load(Ordering::Acquire), true),
+        None => (
+            start_after.unwrap_or_else(|| shared.published.load(Ordering::Acquire)),
+            true,
+        ),
     };
     let (tx, rx) = bounded::<Arc<Batch>>(QUEUE);
     shared.rewind.fetch_min(after, Ordering::AcqRel);
