@@ -126,3 +126,27 @@ pub fn metric(text: &str, series: &str) -> Option<i64> {
     text.lines()
         .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
 }
+
+/// Reports enough failed logins for `user` that brute-force raises an alert; returns its id.
+pub fn raise_alert(s: &crate::Server, key: &str, user: &str) -> i64 {
+    let line = format!(
+        r#"{{"kind":"auth.login.failure","outcome":"failure","reason":"bad_password","username":"{user}","client_ip":"198.51.100.9"}}"#
+    );
+    let r = crate::http()
+        .post(s.url("/api/v1/events"))
+        .bearer_auth(key)
+        .body(vec![line; 12].join("\n"))
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let reader = audit_store::AuditReader::open(&s.data_dir.join("audit.db")).unwrap();
+    crate::wait_for_secs(&format!("a brute-force alert for {user}"), 30, || {
+        reader
+            .list_alerts(&audit_store::AlertFilter::default(), None, 100)
+            .unwrap()
+            .items
+            .into_iter()
+            .find(|a| a.subject.as_deref() == Some(user) || a.summary.contains(user))
+            .map(|a| a.id)
+    })
+}

@@ -8,8 +8,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use audit_store::{AlertFilter, AuditReader};
-use tokenwatch_e2e::syslog::{free_port, lines, metric, rsyslogd, Rsyslog};
+use tokenwatch_e2e::syslog::{free_port, lines, metric, raise_alert, rsyslogd, Rsyslog};
 use tokenwatch_e2e::{cli, data_dir, http, wait_for_secs as wait_for, Server};
 
 /// rsyslogd with TCP and UDP inputs on 127.0.0.1, every message appended to
@@ -32,30 +31,6 @@ input(type="imudp" address="127.0.0.1" port="{udp}" ruleset="tw")
 
 fn received(dir: &Path) -> Vec<String> {
     lines(&dir.join("received.log"))
-}
-
-/// Reports enough failed logins for `user` that brute-force raises an alert; returns its id.
-fn raise_alert(s: &Server, key: &str, user: &str) -> i64 {
-    let line = format!(
-        r#"{{"kind":"auth.login.failure","outcome":"failure","reason":"bad_password","username":"{user}","client_ip":"198.51.100.9"}}"#
-    );
-    let r = http()
-        .post(s.url("/api/v1/events"))
-        .bearer_auth(key)
-        .body(vec![line; 12].join("\n"))
-        .send()
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 200);
-    let reader = AuditReader::open(&s.data_dir.join("audit.db")).unwrap();
-    wait_for(&format!("a brute-force alert for {user}"), 30, || {
-        reader
-            .list_alerts(&AlertFilter::default(), None, 100)
-            .unwrap()
-            .items
-            .into_iter()
-            .find(|a| a.subject.as_deref() == Some(user) || a.summary.contains(user))
-            .map(|a| a.id)
-    })
 }
 
 fn metrics(s: &Server) -> String {

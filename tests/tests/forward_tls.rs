@@ -10,8 +10,9 @@
 
 use std::path::Path;
 
-use audit_store::{AlertFilter, AuditReader};
-use tokenwatch_e2e::syslog::{free_port, lines, metric, rsyslog_gtls, rsyslogd, Rsyslog};
+use tokenwatch_e2e::syslog::{
+    free_port, lines, metric, raise_alert, rsyslog_gtls, rsyslogd, Rsyslog,
+};
 use tokenwatch_e2e::{cli, data_dir, http, serve_refused, wait_for_secs, workspace_root, Server};
 
 /// The README's forwarding example, pointed at the test collector.
@@ -38,30 +39,6 @@ fn readme_example(port: u16, ca: &Path) -> String {
         )
         .replace("/etc/tokenwatch/siem-ca.pem", ca.to_str().unwrap())
         .replace("retry_secs = 5", "retry_secs = 1")
-}
-
-/// Reports enough failed logins for `user` that brute-force raises an alert; returns its id.
-fn raise_alert(s: &Server, key: &str, user: &str) -> i64 {
-    let line = format!(
-        r#"{{"kind":"auth.login.failure","outcome":"failure","reason":"bad_password","username":"{user}","client_ip":"198.51.100.9"}}"#
-    );
-    let r = http()
-        .post(s.url("/api/v1/events"))
-        .bearer_auth(key)
-        .body(vec![line; 12].join("\n"))
-        .send()
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 200);
-    let reader = AuditReader::open(&s.data_dir.join("audit.db")).unwrap();
-    wait_for_secs(&format!("a brute-force alert for {user}"), 30, || {
-        reader
-            .list_alerts(&AlertFilter::default(), None, 100)
-            .unwrap()
-            .items
-            .into_iter()
-            .find(|a| a.subject.as_deref() == Some(user) || a.summary.contains(user))
-            .map(|a| a.id)
-    })
 }
 
 fn cursor(data: &Path, name: &str) -> Option<i64> {
